@@ -1,0 +1,20 @@
+"""Gunicorn settings for `shortener serve --workers N` (the command passes bind and workers).
+
+Every value that is also a shortener setting is read from shortener.config, its one source.
+"""
+
+from shortener.config import Settings
+
+_settings = Settings.from_env()
+
+worker_class = "aiohttp.GunicornUVLoopWebWorker"
+# aiohttp's worker uses this as its keep-alive timeout; it must outlast nginx's upstream
+# keep-alive, so that nginx never reuses a connection the app is closing.
+keepalive = int(_settings.keepalive_timeout)
+# SIGTERM: stop accepting, finish in-flight requests and flush clicks within this time.
+graceful_timeout = 20
+timeout = 30
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level
+proc_name = "shortener"

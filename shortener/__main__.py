@@ -1,0 +1,3 @@
+from shortener.cli import main
+
+raise SystemExit(main())

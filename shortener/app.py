@@ -1,0 +1,109 @@
+"""create_app(settings): wires the store, caches, routes and background tasks together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from shortener.auth import KeyRing
+from shortener.cache.l1 import L1Cache
+from shortener.cache.tiered import TieredCache
+from shortener.config import Settings
+from shortener.errors import StoreUnavailable
+from shortener.links.clicks import ClickCounter
+from shortener.links.service import LinkService
+from shortener.store import Store, make_store
+from shortener.web import MAX_BODY_BYTES
+from shortener.web.api import LinksApi
+from shortener.web.ops import Operations
+from shortener.web.problems import problems_middleware
+from shortener.web.ratelimit import RateLimiter
+from shortener.web.redirect import Redirects
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+L1 = web.AppKey("l1", L1Cache)
+TIERED = web.AppKey("tiered", TieredCache)
+CLICKS = web.AppKey("clicks", ClickCounter)
+
+
+def create_app(settings: Settings) -> web.Application:
+    store = make_store(settings)
+    l1 = L1Cache(settings.l1_size, settings.l1_ttl, settings.l1_negative_ttl)
+    tiered = TieredCache(l1, store)
+    clicks = ClickCounter(store, settings.click_flush_interval, settings.click_buffer_max_codes)
+    service = LinkService(store, tiered)
+
+    app = web.Application(middlewares=[problems_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[L1] = l1
+    app[TIERED] = tiered
+    app[CLICKS] = clicks
+
+    api = LinksApi(
+        settings, service, KeyRing(store), RateLimiter(settings.public_create_per_minute)
+    )
+    ops = Operations(store, l1, probe_timeout=settings.db_connect_timeout)
+    redirects = Redirects(l1, tiered, store, clicks)
+    app.add_routes(
+        [
+            web.get("/healthz", ops.healthz),
+            web.get("/readyz", ops.readyz),
+            web.get("/api/v1/openapi.json", ops.openapi),
+            web.post("/api/v1/links", api.create),
+            web.get("/api/v1/links", api.list),
+            web.get("/api/v1/links/{code}", api.get),
+            web.patch("/api/v1/links/{code}", api.update),
+            web.delete("/api/v1/links/{code}", api.delete),
+            web.get("/{code}", redirects.follow),
+        ]
+    )
+    app.cleanup_ctx.append(_store_lifecycle)
+    app.cleanup_ctx.append(_click_flusher)
+    return app
+
+
+async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await open_store(store)
+    await store.migrate()
+    yield
+    await store.close()
+
+
+async def _click_flusher(app: web.Application) -> AsyncIterator[None]:
+    clicks = app[CLICKS]
+    task = asyncio.create_task(clicks.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    try:
+        await clicks.flush()
+    except StoreUnavailable as exc:
+        log.error("clicks lost at shutdown, store unavailable: %s", exc)
+
+
+async def open_store(store: Store, max_delay: float = 10.0) -> None:
+    """Opens the store, waiting with backoff while it cannot be reached."""
+    delay = 0.5
+    while True:
+        try:
+            await store.open()
+            return
+        except StoreUnavailable as exc:
+            log.warning("store unreachable, retrying in %.1f s: %s", delay, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
+
+
+async def serve_from_env() -> web.Application:
+    """The application factory gunicorn's aiohttp worker calls in every worker process."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,168 @@
+"""The `shortener` command: serve | migrate | keys create."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+from shortener.config import ConfigError, Settings
+
+log = logging.getLogger("shortener")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"shortener: bad setting: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        result: int = args.run(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shortener", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_port, default=8080)
+    serve.add_argument(
+        "--workers", type=_workers, default=None, help="worker processes (SHORTENER_WORKERS)"
+    )
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(run=_migrate)
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create an API key and print it")
+    create.add_argument("--name", required=True)
+    create.add_argument("--admin", action="store_true", help="the key sees and changes all links")
+    create.set_defaults(run=_keys_create)
+    return parser
+
+
+def _port(raw: str) -> int:
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError("must be 1 to 65535")
+    return port
+
+
+def _workers(raw: str) -> int:
+    workers = int(raw)
+    if workers < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return workers
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Migrate once, before any worker starts; several instances starting at once are safe.
+    asyncio.run(_migrate_store(settings))
+    workers = args.workers or settings.workers
+    if workers > 1:
+        _exec_gunicorn(args.host, args.port, workers)
+    import uvloop
+    from aiohttp import web
+
+    from shortener.app import create_app
+
+    web.run_app(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        keepalive_timeout=settings.keepalive_timeout,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+        print=lambda _: log.info("serving on http://%s:%d", args.host, args.port),
+    )
+    return 0
+
+
+def _exec_gunicorn(host: str, port: int, workers: int) -> None:
+    """Replaces this process with gunicorn's master, so signals reach it directly."""
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        str(gunicorn_config_path()),
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "shortener.app:serve_from_env",
+    ]
+    os.execv(sys.executable, command)
+
+
+def gunicorn_config_path() -> Path:
+    """conf/gunicorn.conf.py: from the environment, the installed copy, or the source tree."""
+    explicit = os.environ.get("SHORTENER_GUNICORN_CONFIG")
+    if explicit:
+        return Path(explicit)
+    installed = Path(sysconfig.get_path("data")) / "share" / "shortener" / "gunicorn.conf.py"
+    if installed.exists():
+        return installed
+    return Path(__file__).resolve().parent.parent / "conf" / "gunicorn.conf.py"
+
+
+async def _migrate_store(settings: Settings) -> list[int]:
+    from shortener.app import open_store
+    from shortener.store import make_store
+
+    store = make_store(settings)
+    await open_store(store)
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()
+
+
+def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    applied = asyncio.run(_migrate_store(settings))
+    print(f"applied migrations: {applied}" if applied else "schema is up to date")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    key = asyncio.run(_create_key(settings, args.name, args.admin))
+    print(f"created {'admin ' if args.admin else ''}key {args.name!r}; it is shown only once:")
+    print(key)
+    return 0
+
+
+async def _create_key(settings: Settings, name: str, admin: bool) -> str:
+    from shortener.app import open_store
+    from shortener.auth import create_key
+    from shortener.store import make_store
+
+    store = make_store(settings)
+    await open_store(store)
+    try:
+        await store.migrate()
+        _, key = await create_key(store, name, admin)
+    finally:
+        await store.close()
+    return key

@@ -1,0 +1,244 @@
+"""Every setting, typed, read once from the environment and validated at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import SplitResult, urlsplit
+
+T = TypeVar("T")
+
+DEFAULT_SQLITE_URL = "sqlite:///shortener.db"
+
+
+class ConfigError(Exception):
+    """A bad setting; its message is one line that names the variable."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_SQLITE_URL
+    redis_url: str | None = None
+    base_url: str = "http://127.0.0.1:8080"
+    public_create: bool = False
+    # Per client address, for keyless creation: a burst of this many, refilled per minute.
+    public_create_per_minute: int = 10
+    l1_ttl: float = 30.0
+    l1_size: int = 100_000
+    # Unknown codes are remembered for less time than links, so a new alias shows up quickly.
+    l1_negative_ttl: float = 5.0
+    click_flush_interval: float = 1.0
+    # Counts kept for codes while the store is down; beyond this they are dropped and counted.
+    click_buffer_max_codes: int = 100_000
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    db_connect_timeout: float = 1.0
+    db_statement_timeout: float = 1.0
+    redis_timeout: float = 0.05
+    trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
+    keepalive_timeout: float = 75.0
+    workers: int = 1
+    log_level: str = "info"
+
+    @property
+    def base_host(self) -> str:
+        return (urlsplit(self.base_url).hostname or "").lower()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    @property
+    def sqlite_path(self) -> str:
+        return self.database_url.removeprefix("sqlite://").removeprefix("/") or "shortener.db"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        defaults = cls()
+        return cls(
+            database_url=reader.read(
+                "SHORTENER_DATABASE_URL", _database_url, defaults.database_url
+            ),
+            redis_url=reader.read("SHORTENER_REDIS_URL", _redis_url, None),
+            base_url=reader.read("SHORTENER_BASE_URL", _base_url, defaults.base_url),
+            public_create=reader.read("SHORTENER_PUBLIC_CREATE", _boolean, False),
+            public_create_per_minute=reader.read(
+                "SHORTENER_PUBLIC_CREATE_PER_MINUTE",
+                _positive_int,
+                defaults.public_create_per_minute,
+            ),
+            l1_ttl=reader.read("SHORTENER_L1_TTL", _non_negative_float, defaults.l1_ttl),
+            l1_size=reader.read("SHORTENER_L1_SIZE", _non_negative_int, defaults.l1_size),
+            l1_negative_ttl=reader.read(
+                "SHORTENER_L1_NEGATIVE_TTL", _non_negative_float, defaults.l1_negative_ttl
+            ),
+            click_flush_interval=reader.read(
+                "SHORTENER_CLICK_FLUSH_INTERVAL", _positive_float, defaults.click_flush_interval
+            ),
+            click_buffer_max_codes=reader.read(
+                "SHORTENER_CLICK_BUFFER_MAX_CODES", _positive_int, defaults.click_buffer_max_codes
+            ),
+            db_pool_min=reader.read("SHORTENER_DB_POOL_MIN", _non_negative_int, 2),
+            db_pool_max=reader.read("SHORTENER_DB_POOL_MAX", _positive_int, 10),
+            db_connect_timeout=reader.read(
+                "SHORTENER_DB_CONNECT_TIMEOUT", _positive_float, defaults.db_connect_timeout
+            ),
+            db_statement_timeout=reader.read(
+                "SHORTENER_DB_STATEMENT_TIMEOUT", _positive_float, defaults.db_statement_timeout
+            ),
+            redis_timeout=reader.read(
+                "SHORTENER_REDIS_TIMEOUT", _positive_float, defaults.redis_timeout
+            ),
+            trusted_proxies=reader.read("SHORTENER_TRUSTED_PROXIES", _networks, ()),
+            keepalive_timeout=reader.read(
+                "SHORTENER_KEEPALIVE_TIMEOUT", _positive_float, defaults.keepalive_timeout
+            ),
+            workers=reader.read("SHORTENER_WORKERS", _positive_int, 1),
+            log_level=reader.read("SHORTENER_LOG_LEVEL", _log_level, "info"),
+        ).checked()
+
+    def checked(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ConfigError(
+                f"SHORTENER_DB_POOL_MIN: {self.db_pool_min} is above "
+                f"SHORTENER_DB_POOL_MAX {self.db_pool_max}"
+            )
+        return self
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def read(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _number(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = _number(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = _number(raw)
+    if value <= 0:
+        raise ValueError("must be above zero")
+    return value
+
+
+def _integer(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _integer(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = _integer(raw)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme == "sqlite":
+        path = raw.removeprefix("sqlite://")
+        if not path.startswith("/") or path == "/":
+            raise ValueError("must look like sqlite:///relative/path or sqlite:////absolute/path")
+        return raw
+    if parts.scheme in {"postgresql", "postgres"}:
+        _check_port(parts)
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError("must name a host, as in postgresql://user@host:5432/db")
+        return raw
+    raise ValueError("must start with postgresql:// or sqlite:///")
+
+
+def _redis_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    _check_port(parts)
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("must name a host, as in redis://host:6379/0")
+    return raw
+
+
+def _check_port(parts: SplitResult) -> None:
+    try:
+        parts.port  # noqa: B018 - urllib parses the port lazily; reading it is the check
+    except ValueError:
+        raise ValueError("has a bad port") from None
+
+
+def _base_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an absolute http or https URL such as https://sho.rt")
+    _check_port(parts)
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return raw.rstrip("/")
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def _log_level(raw: str) -> str:
+    lowered = raw.lower()
+    if lowered not in {"debug", "info", "warning", "error"}:
+        raise ValueError("must be one of debug, info, warning, error")
+    return lowered

@@ -1,0 +1,1 @@
+"""The domain: links, their input rules, code generation and the write service."""

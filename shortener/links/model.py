@@ -1,0 +1,80 @@
+"""What a link is, in full (Link) and in the small form the redirect path caches (Target)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: int
+    name: str
+    admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    id: int
+    code: str
+    url: str
+    owner_id: int | None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    max_visits: int | None
+    redirect_status: int
+    disabled: bool
+    deleted: bool
+    clicks: int
+
+    def target(self) -> Target:
+        return Target(
+            url=self.url,
+            status=self.redirect_status,
+            expires_at=self.expires_at.timestamp() if self.expires_at else None,
+            max_visits=self.max_visits,
+            gone=self.deleted or self.disabled,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Everything the redirect needs to answer, and nothing that changes per click."""
+
+    url: str
+    status: int
+    expires_at: float | None
+    max_visits: int | None
+    gone: bool
+
+    def as_tuple(self) -> tuple[str, int, float | None, int | None, bool]:
+        return (self.url, self.status, self.expires_at, self.max_visits, self.gone)
+
+
+class Missing(enum.Enum):
+    """The cached answer for a code that names no link."""
+
+    MISSING = "missing"
+
+
+MISSING: Final = Missing.MISSING
+Lookup = Target | Missing
+
+
+@dataclass(frozen=True, slots=True)
+class NewLink:
+    url: str
+    alias: str | None
+    expires_at: datetime | None
+    max_visits: int | None
+    redirect_status: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChanges:
+    """The fields a PATCH sets; absent fields are not in `values`."""
+
+    values: dict[str, object]

@@ -1,0 +1,217 @@
+"""Input models for creating and changing links: they own every input rule of the contract."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import idna
+
+from shortener.errors import FieldError, Problem, invalid, validation_failed
+from shortener.links.codes import MAX_CODE_LENGTH, is_code, is_reserved
+from shortener.links.model import LinkChanges, NewLink
+
+MAX_URL_LENGTH = 2048
+REDIRECT_STATUSES = frozenset({301, 302, 307, 308})
+DEFAULT_REDIRECT_STATUS = 302
+# JSON numbers above this lose precision in JavaScript clients.
+MAX_VISITS_LIMIT = 2**53 - 1
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+_HOST_LABELS = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
+_IP_LITERAL = re.compile(r"\[[0-9a-fA-F:.]+\]")
+
+
+class _Collector:
+    """Collects the errors of one body so that a response names every bad field at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def check(self, parse: Callable[[Any], Any], raw: Any) -> Any:
+        try:
+            return parse(raw)
+        except Problem as problem:
+            self.errors.extend(problem.errors)
+            return None
+
+
+def parse_new_link(body: object, own_host: str) -> NewLink:
+    fields = _object(body, {"url", "alias", "expires_at", "max_visits", "redirect_status"})
+    collector = _Collector()
+    url = None
+    if "url" in fields:
+        url = collector.check(lambda raw: parse_url(raw, own_host), fields["url"])
+    else:
+        collector.errors.append(FieldError("url", "is required"))
+    alias = collector.check(_optional(parse_alias), fields.get("alias"))
+    expires_at = collector.check(_optional(parse_expires_at), fields.get("expires_at"))
+    max_visits = collector.check(_optional(parse_max_visits), fields.get("max_visits"))
+    status = collector.check(_optional(parse_redirect_status), fields.get("redirect_status"))
+    if collector.errors or url is None:
+        raise validation_failed(collector.errors)
+    return NewLink(
+        url=url,
+        alias=alias,
+        expires_at=expires_at,
+        max_visits=max_visits,
+        redirect_status=status or DEFAULT_REDIRECT_STATUS,
+    )
+
+
+def parse_link_changes(body: object, own_host: str) -> LinkChanges:
+    parsers: dict[str, Callable[[Any], Any]] = {
+        "url": lambda raw: parse_url(raw, own_host),
+        "expires_at": _optional(parse_expires_at),
+        "max_visits": _optional(parse_max_visits),
+        "redirect_status": parse_redirect_status,
+        "disabled": parse_disabled,
+    }
+    fields = _object(body, set(parsers))
+    collector = _Collector()
+    values = {name: collector.check(parsers[name], raw) for name, raw in fields.items()}
+    if collector.errors:
+        raise validation_failed(collector.errors)
+    return LinkChanges(values)
+
+
+def _object(body: object, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise Problem(400, "bad-request", "Bad request", "The body must be a JSON object.")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise validation_failed([FieldError(name, "is not a known field") for name in unknown])
+    return body
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse_or_none(raw: Any) -> Any:
+        return None if raw is None else parse(raw)
+
+    return parse_or_none
+
+
+def parse_url(raw: object, own_host: str) -> str:
+    if not isinstance(raw, str):
+        raise invalid("url", "must be a string")
+    if len(raw) > MAX_URL_LENGTH:
+        raise invalid("url", f"must be at most {MAX_URL_LENGTH} characters")
+    if any(char.isspace() or unicodedata.category(char) in {"Cc", "Cf"} for char in raw):
+        raise invalid("url", "must not contain whitespace or control characters")
+    if "\\" in raw:
+        raise invalid("url", "must not contain backslashes")
+    parts = urlsplit(raw)
+    if parts.scheme.lower() not in {"http", "https"}:
+        raise invalid("url", "must be an absolute http or https URL")
+    if not raw[len(parts.scheme) :].startswith("://") or not parts.netloc:
+        raise invalid("url", "must be an absolute http or https URL with a host")
+    if "@" in parts.netloc:
+        raise invalid("url", "must not contain user info (user:password@)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == -1 or port == 0:
+        raise invalid("url", "has an invalid port")
+    host = parts.hostname or ""
+    ascii_host = _ascii_host(host)
+    if ascii_host.rstrip(".") == own_host.rstrip("."):
+        raise invalid("url", "must not point at this service (it would loop)")
+    netloc = parts.netloc
+    if ascii_host != host:
+        netloc = ascii_host + (f":{port}" if port is not None else "")
+    # The rest is kept exactly as sent; only characters a Location header cannot carry are
+    # percent-encoded as UTF-8, as a browser would send them.
+    rest = raw[len(parts.scheme) + 3 + len(parts.netloc) :]
+    scheme = raw[: len(parts.scheme)]
+    url = f"{scheme}://{netloc}{_percent_encode_non_ascii(rest)}"
+    if len(url) > MAX_URL_LENGTH:
+        raise invalid("url", f"must be at most {MAX_URL_LENGTH} characters once encoded")
+    return url
+
+
+def _ascii_host(host: str) -> str:
+    if not host:
+        raise invalid("url", "must have a host")
+    if host.isascii():
+        lowered = host.lower()
+        if _IP_LITERAL.fullmatch(f"[{lowered}]"):
+            return host
+        if not _HOST_LABELS.fullmatch(lowered):
+            raise invalid("url", "has a host with characters a host name cannot have")
+        if "xn--" in lowered:
+            try:
+                idna.decode(lowered.rstrip("."))
+            except idna.IDNAError:
+                raise invalid("url", "has a punycode host name that is not valid") from None
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise invalid("url", "has an internationalised host name that is not valid") from None
+
+
+def _percent_encode_non_ascii(text: str) -> str:
+    if text.isascii():
+        return text
+    return "".join(
+        char if char.isascii() else "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+        for char in text
+    )
+
+
+def parse_alias(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise invalid("alias", "must be a string")
+    if not 1 <= len(raw) <= MAX_CODE_LENGTH:
+        raise invalid("alias", f"must be 1 to {MAX_CODE_LENGTH} characters")
+    if not is_code(raw):
+        raise invalid("alias", "may use only A-Z a-z 0-9 _ - and must not start with _ or -")
+    if is_reserved(raw):
+        raise invalid("alias", "is a path the service uses itself")
+    return raw
+
+
+def parse_expires_at(raw: object) -> datetime:
+    if not isinstance(raw, str):
+        raise invalid("expires_at", "must be an RFC 3339 date-time string")
+    if not _RFC3339.fullmatch(raw):
+        raise invalid(
+            "expires_at", "must be an RFC 3339 date-time with an offset, like 2030-01-01T00:00:00Z"
+        )
+    try:
+        moment = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid("expires_at", "is not a real date and time") from None
+    moment = moment.astimezone(UTC)
+    if moment <= datetime.now(UTC):
+        raise invalid("expires_at", "must be in the future")
+    return moment
+
+
+def parse_max_visits(raw: object) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise invalid("max_visits", "must be an integer")
+    if raw < 1:
+        raise invalid("max_visits", "must be at least 1")
+    if raw > MAX_VISITS_LIMIT:
+        raise invalid("max_visits", f"must be at most {MAX_VISITS_LIMIT}")
+    return raw
+
+
+def parse_redirect_status(raw: object) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw not in REDIRECT_STATUSES:
+        raise invalid("redirect_status", "must be one of 301, 302, 307, 308")
+    return raw
+
+
+def parse_disabled(raw: object) -> bool:
+    if not isinstance(raw, bool):
+        raise invalid("disabled", "must be true or false")
+    return raw

@@ -1,0 +1,71 @@
+"""The write path: create, read, change, delete and list links, owner by owner."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from shortener.cache.tiered import TieredCache
+from shortener.errors import CodeTaken, conflict, not_found, unavailable
+from shortener.links import codes
+from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.store import Store
+
+# Collisions among 62**7 codes are rare; a few retries, then a longer code, always terminate.
+_ATTEMPTS_PER_LENGTH = 3
+
+
+class LinkService:
+    def __init__(self, store: Store, cache: TieredCache) -> None:
+        self._store = store
+        self._cache = cache
+
+    async def create(self, new: NewLink, owner: ApiKey | None) -> Link:
+        owner_id = owner.id if owner else None
+        now = datetime.now(UTC)
+        if new.alias is not None:
+            try:
+                link = await self._store.insert_link(new.alias, new, owner_id, now)
+            except CodeTaken:
+                raise conflict(f"The alias {new.alias!r} is taken.") from None
+        else:
+            link = await self._insert_generated(new, owner_id, now)
+        # A lookup of this code may have been cached as unknown.
+        await self._cache.invalidate(link.code)
+        return link
+
+    async def _insert_generated(self, new: NewLink, owner_id: int | None, now: datetime) -> Link:
+        for length in range(codes.GENERATED_LENGTH, codes.GENERATED_LENGTH + 4):
+            for _ in range(_ATTEMPTS_PER_LENGTH):
+                try:
+                    return await self._store.insert_link(codes.generate(length), new, owner_id, now)
+                except CodeTaken:
+                    continue
+        raise unavailable("Could not find a free code; try again.")
+
+    async def get(self, code: str, caller: ApiKey) -> Link:
+        link = await self._store.get_link(code) if codes.is_code(code) else None
+        if link is None or link.deleted or not _may_see(caller, link):
+            raise not_found()
+        return link
+
+    async def update(self, code: str, changes: LinkChanges, caller: ApiKey) -> Link:
+        await self.get(code, caller)
+        link = await self._store.update_link(code, changes, datetime.now(UTC))
+        if link is None:
+            raise not_found()
+        await self._cache.invalidate(code)
+        return link
+
+    async def delete(self, code: str, caller: ApiKey) -> None:
+        await self.get(code, caller)
+        if not await self._store.delete_link(code, datetime.now(UTC)):
+            raise not_found()
+        await self._cache.invalidate(code)
+
+    async def list(self, caller: ApiKey, limit: int, before_id: int | None) -> list[Link]:
+        owner_id = None if caller.admin else caller.id
+        return await self._store.list_links(owner_id, before_id, limit)
+
+
+def _may_see(caller: ApiKey, link: Link) -> bool:
+    return caller.admin or link.owner_id == caller.id

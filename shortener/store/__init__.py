@@ -1,0 +1,79 @@
+"""The system of record behind one small interface, with a PostgreSQL and an SQLite backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from importlib import resources
+from typing import Protocol
+
+from shortener.config import Settings
+from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> list[int]:
+        """Applies pending migrations, safely when several processes start at once."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises StoreUnavailable unless the store answers now."""
+        ...
+
+    async def insert_link(
+        self, code: str, new: NewLink, owner_id: int | None, now: datetime
+    ) -> Link:
+        """Raises CodeTaken if the code is or ever was in use."""
+        ...
+
+    async def get_link(self, code: str) -> Link | None:
+        """The link with this code, deleted or not."""
+        ...
+
+    async def update_link(self, code: str, changes: LinkChanges, now: datetime) -> Link | None: ...
+
+    async def delete_link(self, code: str, now: datetime) -> bool: ...
+
+    async def list_links(
+        self, owner_id: int | None, before_id: int | None, limit: int
+    ) -> list[Link]:
+        """Live links, newest first; owner_id None lists every owner's."""
+        ...
+
+    async def add_clicks(self, counts: Mapping[str, int]) -> None: ...
+
+    async def take_visit(self, code: str) -> bool:
+        """Counts one visit of a link with max_visits if one is left, atomically."""
+        ...
+
+    async def visits_left(self, code: str) -> bool: ...
+
+    async def insert_key(self, name: str, key_hash: str, admin: bool, now: datetime) -> ApiKey: ...
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash, unless it was revoked."""
+        ...
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.is_sqlite:
+        from shortener.store.sqlite import SqliteStore
+
+        return SqliteStore(settings)
+    from shortener.store.postgres import PostgresStore
+
+    return PostgresStore(settings)
+
+
+def migration_scripts(dialect: str) -> list[tuple[int, str]]:
+    """The numbered SQL files of one dialect, in order."""
+    folder = resources.files("shortener.store") / "migrations" / dialect
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text("utf-8")))
+    return sorted(found)

@@ -1,0 +1,229 @@
+"""PostgreSQL through an asyncpg pool: the system of record in production."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shortener.config import Settings
+from shortener.errors import CodeTaken, StoreUnavailable
+from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.store import migration_scripts
+
+# Any number will do, as long as nothing else in the database takes the same advisory lock.
+_MIGRATION_LOCK = 0x5E0127
+_CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled")
+
+_LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
+    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks"""
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class PostgresStore:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        settings = self._settings
+        try:
+            self._pool = await asyncpg.create_pool(
+                settings.database_url,
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                timeout=settings.db_connect_timeout,
+                command_timeout=settings.db_statement_timeout,
+                server_settings={
+                    "application_name": "shortener",
+                    "statement_timeout": str(int(settings.db_statement_timeout * 1000)),
+                },
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]]:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with self._pool.acquire(timeout=self._settings.db_connect_timeout) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    async def migrate(self) -> list[int]:
+        applied = []
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version integer PRIMARY KEY,
+                    applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in migration_scripts("postgres"):
+                if version not in done:
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                    )
+                    applied.append(version)
+        return applied
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def insert_link(
+        self, code: str, new: NewLink, owner_id: int | None, now: datetime
+    ) -> Link:
+        async with self._connection() as conn:
+            try:
+                row = await conn.fetchrow(
+                    f"""INSERT INTO links (code, url, owner_id, created_at, updated_at,
+                            expires_at, max_visits, redirect_status)
+                        VALUES ($1, $2, $3, $4, $4, $5, $6, $7)
+                        RETURNING {_LINK_COLUMNS}""",
+                    code,
+                    new.url,
+                    owner_id,
+                    now,
+                    new.expires_at,
+                    new.max_visits,
+                    new.redirect_status,
+                )
+            except asyncpg.UniqueViolationError:
+                raise CodeTaken(code) from None
+        assert row is not None
+        return _link(row)
+
+    async def get_link(self, code: str) -> Link | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT {_LINK_COLUMNS} FROM links WHERE code = $1", code)
+        return _link(row) if row else None
+
+    async def update_link(self, code: str, changes: LinkChanges, now: datetime) -> Link | None:
+        values = changes.values
+        flags_and_values: list[Any] = []
+        for name in _CHANGEABLE:
+            flags_and_values += [name in values, values.get(name)]
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"""UPDATE links SET
+                        url = CASE WHEN $2 THEN $3 ELSE url END,
+                        expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END,
+                        max_visits = CASE WHEN $6 THEN $7 ELSE max_visits END,
+                        redirect_status = CASE WHEN $8 THEN $9 ELSE redirect_status END,
+                        disabled = CASE WHEN $10 THEN $11 ELSE disabled END,
+                        updated_at = $12
+                    WHERE code = $1 AND deleted_at IS NULL
+                    RETURNING {_LINK_COLUMNS}""",
+                code,
+                *flags_and_values,
+                now,
+            )
+        return _link(row) if row else None
+
+    async def delete_link(self, code: str, now: datetime) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                """UPDATE links SET deleted_at = $2, updated_at = $2
+                   WHERE code = $1 AND deleted_at IS NULL""",
+                code,
+                now,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def list_links(
+        self, owner_id: int | None, before_id: int | None, limit: int
+    ) -> list[Link]:
+        before = before_id if before_id is not None else 2**63 - 1
+        async with self._connection() as conn:
+            if owner_id is None:
+                rows = await conn.fetch(
+                    f"""SELECT {_LINK_COLUMNS} FROM links
+                        WHERE deleted_at IS NULL AND id < $1 ORDER BY id DESC LIMIT $2""",
+                    before,
+                    limit,
+                )
+            else:
+                rows = await conn.fetch(
+                    f"""SELECT {_LINK_COLUMNS} FROM links
+                        WHERE deleted_at IS NULL AND owner_id = $1 AND id < $2
+                        ORDER BY id DESC LIMIT $3""",
+                    owner_id,
+                    before,
+                    limit,
+                )
+        return [_link(row) for row in rows]
+
+    async def add_clicks(self, counts: Mapping[str, int]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                """UPDATE links SET clicks = links.clicks + batch.n
+                   FROM unnest($1::text[], $2::bigint[]) AS batch(code, n)
+                   WHERE links.code = batch.code""",
+                list(counts),
+                list(counts.values()),
+            )
+
+    async def take_visit(self, code: str) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                """UPDATE links SET clicks = clicks + 1
+                   WHERE code = $1 AND (max_visits IS NULL OR clicks < max_visits)""",
+                code,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def visits_left(self, code: str) -> bool:
+        async with self._connection() as conn:
+            left = await conn.fetchval(
+                "SELECT max_visits IS NULL OR clicks < max_visits FROM links WHERE code = $1",
+                code,
+            )
+        return bool(left)
+
+    async def insert_key(self, name: str, key_hash: str, admin: bool, now: datetime) -> ApiKey:
+        async with self._connection() as conn:
+            key_id = await conn.fetchval(
+                """INSERT INTO api_keys (name, key_hash, admin, created_at)
+                   VALUES ($1, $2, $3, $4) RETURNING id""",
+                name,
+                key_hash,
+                admin,
+                now,
+            )
+        return ApiKey(id=key_id, name=name, admin=admin)
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                """SELECT id, name, admin FROM api_keys
+                   WHERE key_hash = $1 AND revoked_at IS NULL""",
+                key_hash,
+            )
+        return ApiKey(id=row["id"], name=row["name"], admin=row["admin"]) if row else None
+
+
+def _link(row: asyncpg.Record) -> Link:
+    return Link(**dict(row.items()))

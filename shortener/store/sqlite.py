@@ -1,0 +1,233 @@
+"""SQLite through aiosqlite: the embedded default, so the first command works on a bare machine."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from shortener.config import Settings
+from shortener.errors import CodeTaken, StoreUnavailable
+from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.store import migration_scripts
+
+_LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
+    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks"""
+_CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled")
+
+
+class SqliteStore:
+    def __init__(self, settings: Settings) -> None:
+        self._path = settings.sqlite_path
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        try:
+            # isolation_level None: each statement commits on its own unless we say BEGIN.
+            self._db = await aiosqlite.connect(self._path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite file {self._path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        # WAL lets several workers read while one writes; writers wait instead of failing.
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailable("the store is not open")
+        return self._db
+
+    async def migrate(self) -> list[int]:
+        db = self.db
+        applied = []
+        # BEGIN IMMEDIATE takes the write lock first, so concurrent starts apply each step once.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"""
+            )
+            async with db.execute("SELECT version FROM schema_migrations") as cursor:
+                done = {row[0] for row in await cursor.fetchall()}
+            for version, sql in migration_scripts("sqlite"):
+                if version not in done:
+                    for statement in sql.split(";"):
+                        if statement.strip():
+                            await db.execute(statement)
+                    await db.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?)",
+                        (version, _epoch(datetime.now(UTC))),
+                    )
+                    applied.append(version)
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return applied
+
+    async def ping(self) -> None:
+        try:
+            await self.db.execute("SELECT 1")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def insert_link(
+        self, code: str, new: NewLink, owner_id: int | None, now: datetime
+    ) -> Link:
+        try:
+            async with self.db.execute(
+                f"""INSERT INTO links (code, url, owner_id, created_at, updated_at,
+                        expires_at, max_visits, redirect_status)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    RETURNING {_LINK_COLUMNS}""",
+                (
+                    code,
+                    new.url,
+                    owner_id,
+                    _epoch(now),
+                    _epoch(now),
+                    _epoch(new.expires_at),
+                    new.max_visits,
+                    new.redirect_status,
+                ),
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.IntegrityError:
+            raise CodeTaken(code) from None
+        assert row is not None
+        return _link(row)
+
+    async def get_link(self, code: str) -> Link | None:
+        async with self.db.execute(
+            f"SELECT {_LINK_COLUMNS} FROM links WHERE code = ?", (code,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _link(row) if row else None
+
+    async def update_link(self, code: str, changes: LinkChanges, now: datetime) -> Link | None:
+        params: list[Any] = []
+        for name in _CHANGEABLE:
+            value = changes.values.get(name)
+            params += [name in changes.values, _epoch(value) if name == "expires_at" else value]
+        async with self.db.execute(
+            f"""UPDATE links SET
+                    url = CASE WHEN ? THEN ? ELSE url END,
+                    expires_at = CASE WHEN ? THEN ? ELSE expires_at END,
+                    max_visits = CASE WHEN ? THEN ? ELSE max_visits END,
+                    redirect_status = CASE WHEN ? THEN ? ELSE redirect_status END,
+                    disabled = CASE WHEN ? THEN ? ELSE disabled END,
+                    updated_at = ?
+                WHERE code = ? AND deleted_at IS NULL
+                RETURNING {_LINK_COLUMNS}""",
+            (*params, _epoch(now), code),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _link(row) if row else None
+
+    async def delete_link(self, code: str, now: datetime) -> bool:
+        cursor = await self.db.execute(
+            """UPDATE links SET deleted_at = ?, updated_at = ?
+               WHERE code = ? AND deleted_at IS NULL""",
+            (_epoch(now), _epoch(now), code),
+        )
+        return bool(cursor.rowcount == 1)
+
+    async def list_links(
+        self, owner_id: int | None, before_id: int | None, limit: int
+    ) -> list[Link]:
+        before = before_id if before_id is not None else 2**63 - 1
+        if owner_id is None:
+            query = f"""SELECT {_LINK_COLUMNS} FROM links
+                        WHERE deleted_at IS NULL AND id < ? ORDER BY id DESC LIMIT ?"""
+            params: tuple[Any, ...] = (before, limit)
+        else:
+            query = f"""SELECT {_LINK_COLUMNS} FROM links
+                        WHERE deleted_at IS NULL AND owner_id = ? AND id < ?
+                        ORDER BY id DESC LIMIT ?"""
+            params = (owner_id, before, limit)
+        async with self.db.execute(query, params) as cursor:
+            rows = await cursor.fetchall()
+        return [_link(row) for row in rows]
+
+    async def add_clicks(self, counts: Mapping[str, int]) -> None:
+        # One statement, so the batch commits atomically without a transaction that other
+        # coroutines sharing this connection could fall into.
+        await self.db.execute(
+            """UPDATE links SET clicks = clicks + batch.n
+               FROM (SELECT json_extract(value, '$[0]') AS code,
+                            json_extract(value, '$[1]') AS n
+                     FROM json_each(?)) AS batch
+               WHERE links.code = batch.code""",
+            (orjson.dumps(list(counts.items())).decode(),),
+        )
+
+    async def take_visit(self, code: str) -> bool:
+        cursor = await self.db.execute(
+            """UPDATE links SET clicks = clicks + 1
+               WHERE code = ? AND (max_visits IS NULL OR clicks < max_visits)""",
+            (code,),
+        )
+        return bool(cursor.rowcount == 1)
+
+    async def visits_left(self, code: str) -> bool:
+        async with self.db.execute(
+            "SELECT max_visits IS NULL OR clicks < max_visits FROM links WHERE code = ?", (code,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def insert_key(self, name: str, key_hash: str, admin: bool, now: datetime) -> ApiKey:
+        cursor = await self.db.execute(
+            "INSERT INTO api_keys (name, key_hash, admin, created_at) VALUES (?, ?, ?, ?)",
+            (name, key_hash, admin, _epoch(now)),
+        )
+        assert cursor.lastrowid is not None
+        return ApiKey(id=cursor.lastrowid, name=name, admin=admin)
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async with self.db.execute(
+            "SELECT id, name, admin FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (key_hash,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return ApiKey(id=row["id"], name=row["name"], admin=bool(row["admin"])) if row else None
+
+
+def _epoch(moment: Any) -> float | None:
+    return moment.timestamp() if isinstance(moment, datetime) else None
+
+
+def _time(seconds: float | None) -> datetime | None:
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+
+
+def _link(row: sqlite3.Row) -> Link:
+    created_at = _time(row["created_at"])
+    updated_at = _time(row["updated_at"])
+    assert created_at is not None and updated_at is not None
+    return Link(
+        id=row["id"],
+        code=row["code"],
+        url=row["url"],
+        owner_id=row["owner_id"],
+        created_at=created_at,
+        updated_at=updated_at,
+        expires_at=_time(row["expires_at"]),
+        max_visits=row["max_visits"],
+        redirect_status=row["redirect_status"],
+        disabled=bool(row["disabled"]),
+        deleted=bool(row["deleted"]),
+        clicks=row["clicks"],
+    )

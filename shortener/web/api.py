@@ -1,0 +1,164 @@
+"""The JSON API under /api/v1: thin actions over the link service."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shortener.auth import KeyRing
+from shortener.config import Settings
+from shortener.errors import Problem, bad_request, invalid, unauthorized
+from shortener.links.model import ApiKey, Link
+from shortener.links.rules import parse_link_changes, parse_new_link
+from shortener.links.service import LinkService
+from shortener.web import MAX_BODY_BYTES
+from shortener.web.ratelimit import RateLimiter, client_address
+
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+
+class LinksApi:
+    def __init__(
+        self, settings: Settings, service: LinkService, keys: KeyRing, limiter: RateLimiter
+    ) -> None:
+        self._settings = settings
+        self._service = service
+        self._keys = keys
+        self._limiter = limiter
+
+    async def create(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request, required=not self._settings.public_create)
+        if caller is None:
+            address = client_address(request, self._settings.trusted_proxies)
+            self._limiter.check(address)
+        new = parse_new_link(await read_json(request), self._settings.base_host)
+        link = await self._service.create(new, caller)
+        return self._json(link, status=201, headers={"Location": f"/api/v1/links/{link.code}"})
+
+    async def get(self, request: web.Request) -> web.Response:
+        caller = await self._require_caller(request)
+        return self._json(await self._service.get(request.match_info["code"], caller))
+
+    async def update(self, request: web.Request) -> web.Response:
+        caller = await self._require_caller(request)
+        changes = parse_link_changes(await read_json(request), self._settings.base_host)
+        return self._json(await self._service.update(request.match_info["code"], changes, caller))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        caller = await self._require_caller(request)
+        await self._service.delete(request.match_info["code"], caller)
+        return web.Response(status=204)
+
+    async def list(self, request: web.Request) -> web.Response:
+        caller = await self._require_caller(request)
+        limit = _parse_limit(request.query.get("limit"))
+        before = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
+        links = await self._service.list(caller, limit + 1, before)
+        page = links[:limit]
+        next_cursor = _encode_cursor(page[-1].id) if len(links) > limit else None
+        body = {"items": [self.link_json(link) for link in page], "next_cursor": next_cursor}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _require_caller(self, request: web.Request) -> ApiKey:
+        caller = await self._caller(request, required=True)
+        assert caller is not None
+        return caller
+
+    async def _caller(self, request: web.Request, required: bool) -> ApiKey | None:
+        presented = _presented_key(request)
+        if presented is None:
+            if required:
+                raise unauthorized()
+            return None
+        caller = await self._keys.resolve(presented)
+        if caller is None:
+            # A wrong key is refused even where no key is needed, so a typo is noticed.
+            raise unauthorized("The API key is not valid.")
+        return caller
+
+    def _json(
+        self, link: Link, status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        return web.Response(
+            status=status,
+            body=orjson.dumps(self.link_json(link)),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    def link_json(self, link: Link) -> dict[str, Any]:
+        return {
+            "code": link.code,
+            "short_url": f"{self._settings.base_url}/{link.code}",
+            "url": link.url,
+            "created_at": rfc3339(link.created_at),
+            "updated_at": rfc3339(link.updated_at),
+            "expires_at": rfc3339(link.expires_at) if link.expires_at else None,
+            "max_visits": link.max_visits,
+            "redirect_status": link.redirect_status,
+            "disabled": link.disabled,
+            "clicks": link.clicks,
+        }
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _presented_key(request: web.Request) -> str | None:
+    authorization = request.headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise unauthorized("Use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+        return key.strip()
+    api_key = request.headers.get("X-API-Key")
+    return api_key.strip() if api_key is not None else None
+
+
+async def read_json(request: web.Request) -> object:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise Problem(
+            413,
+            "payload-too-large",
+            "Payload too large",
+            f"The request body is larger than {MAX_BODY_BYTES} bytes.",
+        )
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("The body is not valid UTF-8.") from None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise bad_request("The body is not valid JSON.") from None
+
+
+def _parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def _encode_cursor(link_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{link_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str) -> int:
+    try:
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    prefix, _, number = decoded.partition(":")
+    if prefix != "id" or not number.isdigit() or len(number) > 19:
+        raise invalid("cursor", "is not a cursor this API gave out")
+    return int(number)

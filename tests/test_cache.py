@@ -1,0 +1,105 @@
+"""L1 and the tiered read path: bounds, negative entries, the invalidation race, single-flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shortener.cache.l1 import L1Cache
+from shortener.cache.tiered import TieredCache
+from shortener.config import Settings
+from shortener.links.model import MISSING, Link, NewLink, Target
+from shortener.store.sqlite import SqliteStore
+
+TARGET = Target("https://example.com", 302, None, None, False)
+
+
+def test_l1_is_bounded_lru() -> None:
+    l1 = L1Cache(size=3, ttl=60, negative_ttl=5)
+    for code in "abcd":
+        l1.put(code, TARGET, l1.epoch)
+    assert len(l1) == 3
+    assert l1.get("a") is None and l1.get("d") == TARGET
+
+
+def test_negative_entries_expire_sooner(monkeypatch: object) -> None:
+    l1 = L1Cache(size=10, ttl=0.4, negative_ttl=0.1)
+    l1.put("known", TARGET, l1.epoch)
+    l1.put("unknown", MISSING, l1.epoch)
+    assert l1.get("unknown") is MISSING
+    time.sleep(0.15)
+    assert l1.get("unknown") is None and l1.get("known") == TARGET
+    time.sleep(0.3)
+    assert l1.get("known") is None
+
+
+def test_a_lookup_older_than_an_invalidation_is_not_stored() -> None:
+    l1 = L1Cache(size=10, ttl=60, negative_ttl=5)
+    started_at = l1.epoch
+    l1.invalidate("code")
+    l1.put("code", TARGET, started_at)
+    assert l1.get("code") is None
+    l1.put("code", TARGET, l1.epoch)
+    assert l1.get("code") == TARGET
+    l1.flush()
+    assert len(l1) == 0
+
+
+def test_size_zero_disables_l1() -> None:
+    l1 = L1Cache(size=0, ttl=60, negative_ttl=5)
+    l1.put("code", TARGET, l1.epoch)
+    assert l1.get("code") is None
+
+
+class CountingStore(SqliteStore):
+    """The real SQLite store, counting lookups and holding each one a little while."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.lookups = 0
+
+    async def get_link(self, code: str) -> Link | None:
+        self.lookups += 1
+        await asyncio.sleep(0.05)
+        return await super().get_link(code)
+
+
+async def test_concurrent_misses_make_one_store_query(tmp_path: Path) -> None:
+    store = CountingStore(Settings(database_url=f"sqlite:///{tmp_path / 'db'}"))
+    await store.open()
+    await store.migrate()
+    try:
+        await store.insert_link(
+            "hot",
+            NewLink("https://example.com/hot", None, None, None, 302),
+            None,
+            datetime.now(UTC),
+        )
+        tiered = TieredCache(L1Cache(100, 60, 5), store)
+        results = await asyncio.gather(*(tiered.load("hot") for _ in range(50)))
+        missing = await asyncio.gather(*(tiered.load("nope") for _ in range(50)))
+        assert store.lookups == 2
+        assert {result.url for result in results if isinstance(result, Target)} == {
+            "https://example.com/hot"
+        }
+        assert set(missing) == {MISSING}
+        assert tiered.l1.get("hot") is not None and tiered.l1.get("nope") is MISSING
+    finally:
+        await store.close()
+
+
+async def test_invalidation_during_a_lookup_keeps_the_old_answer_out(tmp_path: Path) -> None:
+    store = CountingStore(Settings(database_url=f"sqlite:///{tmp_path / 'db'}"))
+    await store.open()
+    await store.migrate()
+    try:
+        tiered = TieredCache(L1Cache(100, 60, 5), store)
+        lookup = asyncio.ensure_future(tiered.load("code"))
+        await asyncio.sleep(0.01)
+        await tiered.invalidate("code")
+        assert await lookup is MISSING
+        assert tiered.l1.get("code") is None
+    finally:
+        await store.close()

@@ -1,0 +1,101 @@
+"""Input rules as pure functions, plus a fuzz of the URL and alias validators."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shortener.errors import Problem
+from shortener.links import codes
+from shortener.links.rules import parse_alias, parse_url
+
+OWN = "sho.rt"
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("https://example.com", "https://example.com"),
+        ("HTTPS://Example.COM/Path?Q=1#Frag", "HTTPS://Example.COM/Path?Q=1#Frag"),
+        ("http://example.com:8080/a%20b", "http://example.com:8080/a%20b"),
+        ("http://[2001:db8::1]:8080/x", "http://[2001:db8::1]:8080/x"),
+        ("http://192.0.2.1/", "http://192.0.2.1/"),
+        ("https://münchen.example:444/ä", "https://xn--mnchen-3ya.example:444/%C3%A4"),
+        (
+            "https://example.com/?next=https://other.example/",
+            "https://example.com/?next=https://other.example/",
+        ),
+        ("https://sho.rt.example.com/", "https://sho.rt.example.com/"),
+    ],
+)
+def test_urls_are_kept_as_sent_but_for_idna_and_non_ascii(raw: str, stored: str) -> None:
+    assert parse_url(raw, OWN) == stored
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "https://ex ample.com",
+        "https://example.com\\@evil.example/",
+        "https://evil.example\\.example.com/",
+        "http://exa<mple.com/",
+        "https://xn--.example/",
+        "https://\u0430\u0440\u0440\u04cf\u0435.com\u200b/",
+        "https://sho.rt./",
+        "http://127.0.0.1:0/",
+    ],
+)
+def test_hostile_urls_are_refused(raw: str) -> None:
+    with pytest.raises(Problem) as raised:
+        parse_url(raw, OWN)
+    assert raised.value.status == 400
+    assert raised.value.errors[0].field == "url"
+
+
+def test_homograph_host_is_kept_in_punycode() -> None:
+    stored = parse_url("https://\u0430\u0440\u0440\u04cf\u0435.com/", OWN)
+    assert stored == "https://xn--80ak6aa92e.com/"
+
+
+def test_generated_codes_never_hit_reserved_words() -> None:
+    assert not codes.is_reserved(codes.generate())
+    assert codes.is_reserved("HealthZ")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=300))
+def test_url_validator_never_crashes(raw: str) -> None:
+    try:
+        url = parse_url(raw, OWN)
+    except Problem as problem:
+        assert problem.status == 400
+    else:
+        assert url.isascii()
+        assert not any(char in url for char in "\r\n\t ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.from_regex(
+        r"https?://[a-zA-Z0-9.\-\u00e0-\u00ff]{1,30}(:[0-9]{1,5})?/[ -~\u00a0-\u00ff]{0,40}"
+    )
+)
+def test_url_validator_never_crashes_on_url_shaped_text(raw: str) -> None:
+    try:
+        url = parse_url(raw, OWN)
+    except Problem as problem:
+        assert problem.status == 400
+    else:
+        assert url.isascii() and url.startswith("http")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_alias_validator_never_crashes(raw: str) -> None:
+    try:
+        alias = parse_alias(raw)
+    except Problem as problem:
+        assert problem.status == 400
+    else:
+        assert codes.is_code(alias) and not codes.is_reserved(alias)

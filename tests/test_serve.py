@@ -1,0 +1,156 @@
+"""`shortener serve` as a real process: the embedded default, gunicorn workers, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from mirakuru import HTTPExecutor
+
+from tests.services import AppInstance, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def keys_create(env: dict[str, str], cwd: Path | None = None, admin: bool = False) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "shortener", "keys", "create", "--name", "test"]
+        + (["--admin"] if admin else []),
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+async def shorten(base: str, key: str, **body: Any) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base}/api/v1/links", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as response,
+    ):
+        assert response.status == 201, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def follow(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url, allow_redirects=False) as response:
+        return response.status
+
+
+def test_serve_runs_on_the_embedded_default_with_no_configuration(tmp_path: Path) -> None:
+    port = free_port()
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("SHORTENER_")}
+    server = HTTPExecutor(
+        [sys.executable, "-m", "shortener", "serve", "--port", str(port)],
+        url=f"http://127.0.0.1:{port}/healthz",
+        status=200,
+        timeout=30,
+        cwd=str(tmp_path),
+        envvars=clean_env,
+    )
+    with server:
+        key = keys_create(clean_env, cwd=tmp_path)
+        assert key.startswith("sk_")
+        link = asyncio.run(shorten(f"http://127.0.0.1:{port}", key, url="https://example.com/x"))
+
+        async def check() -> None:
+            async with aiohttp.ClientSession() as session:
+                assert await follow(session, f"http://127.0.0.1:{port}/{link['code']}") == 302
+
+        asyncio.run(check())
+    assert (tmp_path / "shortener.db").exists()
+
+
+def test_gunicorn_workers_flush_clicks_on_sigterm(
+    app_instance_factory: Any, postgres_url: str
+) -> None:
+    env = {
+        "SHORTENER_DATABASE_URL": postgres_url,
+        # Only the shutdown flush can write these clicks in time.
+        "SHORTENER_CLICK_FLUSH_INTERVAL": "600",
+    }
+    instance: AppInstance = app_instance_factory(env, workers=2)
+    assert len(instance.worker_pids()) == 2
+    key = keys_create(env)
+    link = asyncio.run(shorten(instance.url, key, url="https://example.com/count"))
+
+    async def visit() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            return await asyncio.gather(
+                *(follow(session, f"{instance.url}/{link['code']}") for _ in range(40))
+            )
+
+    assert asyncio.run(visit()) == [302] * 40
+    instance.stop()
+
+    async def clicks() -> int:
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            value: int = await connection.fetchval(
+                "SELECT clicks FROM links WHERE code = $1", link["code"]
+            )
+            return value
+        finally:
+            await connection.close()
+
+    assert asyncio.run(clicks()) == 40
+
+
+def test_max_visits_is_exact_across_instances_and_workers(
+    app_instance_factory: Any, postgres_url: str
+) -> None:
+    env = {"SHORTENER_DATABASE_URL": postgres_url}
+    instances = [app_instance_factory(env, workers=2) for _ in range(2)]
+    key = keys_create(env)
+    link = asyncio.run(shorten(instances[0].url, key, url="https://example.com/m", max_visits=50))
+
+    async def stampede() -> list[int]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            return await asyncio.gather(
+                *(follow(session, f"{instances[i % 2].url}/{link['code']}") for i in range(200))
+            )
+
+    statuses = asyncio.run(stampede())
+    assert statuses.count(302) == 50
+    assert statuses.count(410) == 150
+
+
+def test_unreachable_database_at_start_is_retried_not_a_traceback(tmp_path: Path) -> None:
+    dead_port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shortener", "serve", "--port", str(free_port())],
+            env={
+                **os.environ,
+                "SHORTENER_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{dead_port}/none",
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and log_path.read_text().count("retrying") < 2:
+            time.sleep(0.2)
+        assert process.poll() is None, "serve gave up instead of waiting for the database"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    output = log_path.read_text()
+    assert output.count("store unreachable, retrying") >= 2
+    assert "Traceback" not in output
