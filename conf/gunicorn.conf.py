@@ -18,3 +18,6 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
 proc_name = "shortener"
+# Gunicorn 27 opens a control socket at one fixed path per user; instances on one host
+# would fight over it, and nothing here uses it.
+control_socket_disable = True

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from shortener.auth import KeyRing
 from shortener.cache.l1 import L1Cache
+from shortener.cache.redis import RedisTier
 from shortener.cache.tiered import TieredCache
 from shortener.config import Settings
 from shortener.errors import StoreUnavailable
@@ -36,7 +37,16 @@ CLICKS = web.AppKey("clicks", ClickCounter)
 def create_app(settings: Settings) -> web.Application:
     store = make_store(settings)
     l1 = L1Cache(settings.l1_size, settings.l1_ttl, settings.l1_negative_ttl)
-    tiered = TieredCache(l1, store)
+    l2 = None
+    if settings.redis_url is not None:
+        l2 = RedisTier(
+            settings.redis_url,
+            settings.redis_timeout,
+            settings.l2_ttl,
+            settings.l2_negative_ttl,
+            l1,
+        )
+    tiered = TieredCache(l1, l2, store)
     clicks = ClickCounter(store, settings.click_flush_interval, settings.click_buffer_max_codes)
     service = LinkService(store, tiered)
 
@@ -50,7 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     api = LinksApi(
         settings, service, KeyRing(store), RateLimiter(settings.public_create_per_minute)
     )
-    ops = Operations(store, l1, probe_timeout=settings.db_connect_timeout)
+    ops = Operations(store, l1, l2, probe_timeout=settings.db_connect_timeout)
     redirects = Redirects(l1, tiered, store, clicks)
     app.add_routes(
         [
@@ -67,6 +77,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_store_lifecycle)
     app.cleanup_ctx.append(_click_flusher)
+    if l2 is not None:
+        app.cleanup_ctx.append(_invalidation_listener)
     return app
 
 
@@ -89,6 +101,17 @@ async def _click_flusher(app: web.Application) -> AsyncIterator[None]:
         await clicks.flush()
     except StoreUnavailable as exc:
         log.error("clicks lost at shutdown, store unavailable: %s", exc)
+
+
+async def _invalidation_listener(app: web.Application) -> AsyncIterator[None]:
+    l2 = app[TIERED].l2
+    assert l2 is not None
+    task = asyncio.create_task(l2.listen())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await l2.close()
 
 
 async def open_store(store: Store, max_delay: float = 10.0) -> None:

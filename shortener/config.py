@@ -33,6 +33,9 @@ class Settings:
     l1_size: int = 100_000
     # Unknown codes are remembered for less time than links, so a new alias shows up quickly.
     l1_negative_ttl: float = 5.0
+    # Redis keeps links longer than a worker does; writes replace entries in place.
+    l2_ttl: float = 300.0
+    l2_negative_ttl: float = 10.0
     click_flush_interval: float = 1.0
     # Counts kept for codes while the store is down; beyond this they are dropped and counted.
     click_buffer_max_codes: int = 100_000
@@ -79,6 +82,10 @@ class Settings:
             l1_size=reader.read("SHORTENER_L1_SIZE", _non_negative_int, defaults.l1_size),
             l1_negative_ttl=reader.read(
                 "SHORTENER_L1_NEGATIVE_TTL", _non_negative_float, defaults.l1_negative_ttl
+            ),
+            l2_ttl=reader.read("SHORTENER_L2_TTL", _positive_float, defaults.l2_ttl),
+            l2_negative_ttl=reader.read(
+                "SHORTENER_L2_NEGATIVE_TTL", _positive_float, defaults.l2_negative_ttl
             ),
             click_flush_interval=reader.read(
                 "SHORTENER_CLICK_FLUSH_INTERVAL", _positive_float, defaults.click_flush_interval

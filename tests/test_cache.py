@@ -13,7 +13,7 @@ from shortener.config import Settings
 from shortener.links.model import MISSING, Link, NewLink, Target
 from shortener.store.sqlite import SqliteStore
 
-TARGET = Target("https://example.com", 302, None, None, False)
+TARGET = Target("https://example.com", 302, None, None, False, version=1)
 
 
 def test_l1_is_bounded_lru() -> None:
@@ -77,7 +77,7 @@ async def test_concurrent_misses_make_one_store_query(tmp_path: Path) -> None:
             None,
             datetime.now(UTC),
         )
-        tiered = TieredCache(L1Cache(100, 60, 5), store)
+        tiered = TieredCache(L1Cache(100, 60, 5), None, store)
         results = await asyncio.gather(*(tiered.load("hot") for _ in range(50)))
         missing = await asyncio.gather(*(tiered.load("nope") for _ in range(50)))
         assert store.lookups == 2
@@ -95,10 +95,10 @@ async def test_invalidation_during_a_lookup_keeps_the_old_answer_out(tmp_path: P
     await store.open()
     await store.migrate()
     try:
-        tiered = TieredCache(L1Cache(100, 60, 5), store)
+        tiered = TieredCache(L1Cache(100, 60, 5), None, store)
         lookup = asyncio.ensure_future(tiered.load("code"))
         await asyncio.sleep(0.01)
-        await tiered.invalidate("code")
+        tiered.l1.invalidate("code")
         assert await lookup is MISSING
         assert tiered.l1.get("code") is None
     finally:

@@ -16,12 +16,23 @@ class L1Cache:
         # Bumped by every invalidation: a lookup that started before one must not store its
         # (possibly old) answer, or it would put back what the invalidation removed.
         self.epoch = 0
+        # Plain counters on the request path; metrics read them off it.
+        self.hits = 0
+        self.negatives = 0
+        self.misses = 0
 
     def _expiry(self, _code: str, value: Lookup, now: float) -> float:
         return now + (self._negative_ttl if value is MISSING else self._ttl)
 
     def get(self, code: str) -> Lookup | None:
-        return self._entries.get(code)
+        value = self._entries.get(code)
+        if value is None:
+            self.misses += 1
+        elif value is MISSING:
+            self.negatives += 1
+        else:
+            self.hits += 1
+        return value
 
     def put(self, code: str, value: Lookup, epoch: int) -> None:
         if self.enabled and epoch == self.epoch:

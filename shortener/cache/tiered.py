@@ -1,19 +1,23 @@
-"""The read path behind L1: one lookup per code at a time, L2 before the store."""
+"""The read path behind L1: L2, then the store, one lookup per code at a time."""
 
 from __future__ import annotations
 
 import asyncio
 
 from shortener.cache.l1 import L1Cache
-from shortener.links.model import MISSING, Lookup
+from shortener.cache.redis import RedisTier
+from shortener.links.model import MISSING, Link, Lookup
 from shortener.store import Store
 
 
 class TieredCache:
-    def __init__(self, l1: L1Cache, store: Store) -> None:
+    def __init__(self, l1: L1Cache, l2: RedisTier | None, store: Store) -> None:
         self.l1 = l1
+        self.l2 = l2
         self._store = store
         self._inflight: dict[str, asyncio.Task[Lookup]] = {}
+        self.store_hits = 0
+        self.store_negatives = 0
 
     async def load(self, code: str) -> Lookup:
         """The target for a code that L1 does not hold; concurrent misses share one lookup."""
@@ -31,11 +35,22 @@ class TieredCache:
             task.exception()  # marks it retrieved even when every waiter has gone
 
     async def _fetch(self, code: str, epoch: int) -> Lookup:
-        link = await self._store.get_link(code)
-        value = link.target() if link is not None else MISSING
+        value = await self.l2.get(code) if self.l2 is not None else None
+        if value is None:
+            link = await self._store.get_link(code)
+            if link is None:
+                value = MISSING
+                self.store_negatives += 1
+            else:
+                value = link.target()
+                self.store_hits += 1
+            if self.l2 is not None:
+                await self.l2.put(code, value)
         self.l1.put(code, value, epoch)
         return value
 
-    async def invalidate(self, code: str) -> None:
-        """Forgets a code after its link changed in the store."""
-        self.l1.invalidate(code)
+    async def changed(self, link: Link) -> None:
+        """After a write to the store: no worker of any instance may keep the old answer."""
+        self.l1.invalidate(link.code)
+        if self.l2 is not None:
+            await self.l2.changed(link.code, link.target())

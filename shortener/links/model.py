@@ -29,6 +29,7 @@ class Link:
     disabled: bool
     deleted: bool
     clicks: int
+    version: int
 
     def target(self) -> Target:
         return Target(
@@ -37,6 +38,7 @@ class Link:
             expires_at=self.expires_at.timestamp() if self.expires_at else None,
             max_visits=self.max_visits,
             gone=self.deleted or self.disabled,
+            version=self.version,
         )
 
 
@@ -49,9 +51,8 @@ class Target:
     expires_at: float | None
     max_visits: int | None
     gone: bool
-
-    def as_tuple(self) -> tuple[str, int, float | None, int | None, bool]:
-        return (self.url, self.status, self.expires_at, self.max_visits, self.gone)
+    # The link's version in the store: caches keep the newest answer they have seen.
+    version: int
 
 
 class Missing(enum.Enum):

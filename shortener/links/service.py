@@ -30,7 +30,7 @@ class LinkService:
         else:
             link = await self._insert_generated(new, owner_id, now)
         # A lookup of this code may have been cached as unknown.
-        await self._cache.invalidate(link.code)
+        await self._cache.changed(link)
         return link
 
     async def _insert_generated(self, new: NewLink, owner_id: int | None, now: datetime) -> Link:
@@ -53,14 +53,15 @@ class LinkService:
         link = await self._store.update_link(code, changes, datetime.now(UTC))
         if link is None:
             raise not_found()
-        await self._cache.invalidate(code)
+        await self._cache.changed(link)
         return link
 
     async def delete(self, code: str, caller: ApiKey) -> None:
         await self.get(code, caller)
-        if not await self._store.delete_link(code, datetime.now(UTC)):
+        link = await self._store.delete_link(code, datetime.now(UTC))
+        if link is None:
             raise not_found()
-        await self._cache.invalidate(code)
+        await self._cache.changed(link)
 
     async def list(self, caller: ApiKey, limit: int, before_id: int | None) -> list[Link]:
         owner_id = None if caller.admin else caller.id

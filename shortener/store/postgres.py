@@ -20,7 +20,7 @@ _MIGRATION_LOCK = 0x5E0127
 _CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled")
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
-    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks"""
+    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version"""
 
 _UNAVAILABLE = (
     OSError,
@@ -134,7 +134,8 @@ class PostgresStore:
                         max_visits = CASE WHEN $6 THEN $7 ELSE max_visits END,
                         redirect_status = CASE WHEN $8 THEN $9 ELSE redirect_status END,
                         disabled = CASE WHEN $10 THEN $11 ELSE disabled END,
-                        updated_at = $12
+                        updated_at = $12,
+                        version = version + 1
                     WHERE code = $1 AND deleted_at IS NULL
                     RETURNING {_LINK_COLUMNS}""",
                 code,
@@ -143,15 +144,16 @@ class PostgresStore:
             )
         return _link(row) if row else None
 
-    async def delete_link(self, code: str, now: datetime) -> bool:
+    async def delete_link(self, code: str, now: datetime) -> Link | None:
         async with self._connection() as conn:
-            status = await conn.execute(
-                """UPDATE links SET deleted_at = $2, updated_at = $2
-                   WHERE code = $1 AND deleted_at IS NULL""",
+            row = await conn.fetchrow(
+                f"""UPDATE links SET deleted_at = $2, updated_at = $2, version = version + 1
+                    WHERE code = $1 AND deleted_at IS NULL
+                    RETURNING {_LINK_COLUMNS}""",
                 code,
                 now,
             )
-        return bool(status == "UPDATE 1")
+        return _link(row) if row else None
 
     async def list_links(
         self, owner_id: int | None, before_id: int | None, limit: int

@@ -16,7 +16,7 @@ from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
 from shortener.store import migration_scripts
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
-    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks"""
+    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version"""
 _CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled")
 
 
@@ -128,7 +128,8 @@ class SqliteStore:
                     max_visits = CASE WHEN ? THEN ? ELSE max_visits END,
                     redirect_status = CASE WHEN ? THEN ? ELSE redirect_status END,
                     disabled = CASE WHEN ? THEN ? ELSE disabled END,
-                    updated_at = ?
+                    updated_at = ?,
+                    version = version + 1
                 WHERE code = ? AND deleted_at IS NULL
                 RETURNING {_LINK_COLUMNS}""",
             (*params, _epoch(now), code),
@@ -136,13 +137,15 @@ class SqliteStore:
             row = await cursor.fetchone()
         return _link(row) if row else None
 
-    async def delete_link(self, code: str, now: datetime) -> bool:
-        cursor = await self.db.execute(
-            """UPDATE links SET deleted_at = ?, updated_at = ?
-               WHERE code = ? AND deleted_at IS NULL""",
+    async def delete_link(self, code: str, now: datetime) -> Link | None:
+        async with self.db.execute(
+            f"""UPDATE links SET deleted_at = ?, updated_at = ?, version = version + 1
+                WHERE code = ? AND deleted_at IS NULL
+                RETURNING {_LINK_COLUMNS}""",
             (_epoch(now), _epoch(now), code),
-        )
-        return bool(cursor.rowcount == 1)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _link(row) if row else None
 
     async def list_links(
         self, owner_id: int | None, before_id: int | None, limit: int
@@ -230,4 +233,5 @@ def _link(row: sqlite3.Row) -> Link:
         disabled=bool(row["disabled"]),
         deleted=bool(row["deleted"]),
         clicks=row["clicks"],
+        version=row["version"],
     )

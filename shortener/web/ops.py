@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from shortener.cache.l1 import L1Cache
+from shortener.cache.redis import RedisTier
 from shortener.errors import StoreUnavailable
 from shortener.store import Store
 
@@ -16,9 +17,12 @@ _JSON = "application/json"
 
 
 class Operations:
-    def __init__(self, store: Store, l1: L1Cache, probe_timeout: float) -> None:
+    def __init__(
+        self, store: Store, l1: L1Cache, l2: RedisTier | None, probe_timeout: float
+    ) -> None:
         self._store = store
         self._l1 = l1
+        self._l2 = l2
         self._probe_timeout = probe_timeout
         self._openapi = resources.files("shortener.web").joinpath("openapi.json").read_bytes()
 
@@ -26,14 +30,16 @@ class Operations:
         return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        store_up = await self._store_up()
-        # With the store down, cached links still redirect; an instance with nothing cached
-        # cannot serve and leaves rotation.
-        ready = store_up or len(self._l1) > 0
+        store_up, redis_up = await asyncio.gather(self._store_up(), self._redis_up())
+        # With the store down, cached links still redirect: a shared outage must not take
+        # every instance out of rotation. Only an instance that can answer nothing leaves.
+        ready = store_up or bool(redis_up) or len(self._l1) > 0
+        redis_state = "disabled" if redis_up is None else ("up" if redis_up else "down")
         body = {
             "status": "ready" if ready else "unavailable",
             "dependencies": {
                 "store": {"status": "up" if store_up else "down"},
+                "redis": {"status": redis_state},
                 "l1": {"status": "up", "entries": len(self._l1)},
             },
         }
@@ -50,6 +56,11 @@ class Operations:
         except (StoreUnavailable, TimeoutError):
             return False
         return True
+
+    async def _redis_up(self) -> bool | None:
+        if self._l2 is None:
+            return None
+        return self._l2.subscribed and await self._l2.ping()
 
     async def openapi(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type=_JSON)

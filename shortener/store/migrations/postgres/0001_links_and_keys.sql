@@ -21,7 +21,9 @@ CREATE TABLE links (
     redirect_status smallint NOT NULL DEFAULT 302,
     disabled boolean NOT NULL DEFAULT false,
     deleted_at timestamptz,
-    clicks bigint NOT NULL DEFAULT 0
+    clicks bigint NOT NULL DEFAULT 0,
+    -- Bumped by every change, so a cache never lets an older answer replace a newer one.
+    version bigint NOT NULL DEFAULT 1
 );
 
 CREATE INDEX links_owner_newest ON links (owner_id, id DESC) WHERE deleted_at IS NULL;

@@ -21,7 +21,9 @@ CREATE TABLE links (
     redirect_status INTEGER NOT NULL DEFAULT 302,
     disabled INTEGER NOT NULL DEFAULT 0,
     deleted_at REAL,
-    clicks INTEGER NOT NULL DEFAULT 0
+    clicks INTEGER NOT NULL DEFAULT 0,
+    -- Bumped by every change, so a cache never lets an older answer replace a newer one.
+    version INTEGER NOT NULL DEFAULT 1
 );
 
 CREATE INDEX links_owner_newest ON links (owner_id, id DESC) WHERE deleted_at IS NULL;

@@ -1,0 +1,228 @@
+"""L2: Redis, shared by every worker of every instance, and the channel that invalidates L1.
+
+Entries carry the link's version and are only ever replaced by a newer one, so a slow lookup
+can never put an old answer back after a write. Every call has a tight timeout behind a
+circuit breaker: a dead Redis costs a request at most one timeout, then nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from shortener.cache.breaker import Breaker
+from shortener.cache.l1 import L1Cache
+from shortener.links.model import MISSING, Lookup, Target
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "shortener:invalidate"
+KEY_PREFIX = "shortener:link:"
+_MISSING = b"-"
+_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# Pending invalidations kept while Redis is down, replayed when it returns.
+_MAX_UNPUBLISHED = 10_000
+# Silence on the subscription for this long means the connection is dead, even if the
+# socket has not noticed.
+_SILENCE_LIMIT = 3.0
+
+# Stores "version|payload" unless the key holds a newer version already.
+_PUT_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '^(%d+)|'))
+  if version and version > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+class RedisTier:
+    def __init__(
+        self, url: str, timeout: float, ttl: float, negative_ttl: float, l1: L1Cache
+    ) -> None:
+        no_retry = Retry(NoBackoff(), 0)
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry
+        )
+        # The subscription waits for messages, so it gets no read timeout of its own; a
+        # ping every second and the silence limit find a dead connection instead.
+        self._subscriber = aioredis.Redis.from_url(
+            url, socket_connect_timeout=max(timeout, 1.0), retry=no_retry
+        )
+        self._ttl_ms = int(ttl * 1000)
+        self._negative_ttl_ms = int(negative_ttl * 1000)
+        self._l1 = l1
+        self.breaker = Breaker()
+        self.subscribed = False
+        self._unpublished: dict[str, Target] = {}
+        # Plain counters on the request path; metrics read them off it.
+        self.hits = 0
+        self.negatives = 0
+        self.misses = 0
+        self.errors: dict[str, int] = {}
+        self.invalidations_received = 0
+        self.flushes = 0
+
+    @property
+    def up(self) -> bool:
+        return self.subscribed and not self.breaker.is_open
+
+    async def get(self, code: str) -> Lookup | None:
+        """The cached answer, or None when Redis does not know it or cannot be asked."""
+        if not self.breaker.allows():
+            return None
+        try:
+            raw = cast(bytes | None, await self._client.get(KEY_PREFIX + code))
+        except _ERRORS as exc:
+            self._failed("get", exc)
+            return None
+        self.breaker.succeeded()
+        if raw is None:
+            self.misses += 1
+            return None
+        value = decode(raw)
+        if value is MISSING:
+            self.negatives += 1
+        else:
+            self.hits += 1
+        return value
+
+    async def put(self, code: str, value: Lookup) -> None:
+        if not self.breaker.allows():
+            return
+        try:
+            await self._client.eval(_PUT_IF_NEWER, 1, *self._put_args(code, value))
+        except _ERRORS as exc:
+            self._failed("put", exc)
+        else:
+            self.breaker.succeeded()
+
+    async def changed(self, code: str, target: Target) -> None:
+        """After a write: the new answer into L2, then word to every worker to drop its L1.
+
+        Writes always try Redis, breaker or not: they are rare, and an invalidation must go
+        out the moment Redis can take it. What cannot go out now waits for the next chance.
+        """
+        self._remember_unpublished(code, target)
+        await self._publish_pending()
+
+    async def _publish_pending(self) -> None:
+        if not self._unpublished:
+            return
+        pending, self._unpublished = self._unpublished, {}
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for code, target in pending.items():
+                    pipe.eval(_PUT_IF_NEWER, 1, *self._put_args(code, target))
+                    pipe.publish(CHANNEL, code)
+                await pipe.execute()
+        except _ERRORS as exc:
+            self._failed("publish", exc)
+            for code, target in pending.items():
+                self._remember_unpublished(code, target)
+        else:
+            self.breaker.succeeded()
+
+    def _remember_unpublished(self, code: str, target: Target) -> None:
+        if code in self._unpublished or len(self._unpublished) < _MAX_UNPUBLISHED:
+            self._unpublished[code] = target
+        else:
+            self.errors["backlog_full"] = self.errors.get("backlog_full", 0) + 1
+
+    def _put_args(self, code: str, value: Lookup) -> tuple[str, int, bytes, int]:
+        if value is MISSING:
+            return KEY_PREFIX + code, 0, _MISSING, self._negative_ttl_ms
+        payload = orjson.dumps(
+            [value.url, value.status, value.expires_at, value.max_visits, value.gone]
+        )
+        # Jitter spreads the expiry of entries written together (after a flush, say).
+        ttl = int(self._ttl_ms * random.uniform(0.9, 1.1))
+        return KEY_PREFIX + code, value.version, payload, ttl
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self.errors[operation] = self.errors.get(operation, 0) + 1
+        was_open = self.breaker.is_open
+        self.breaker.failed()
+        if self.breaker.is_open and not was_open:
+            log.warning("Redis unavailable, breaker open: %s: %r", operation, exc)
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.ping()
+        except _ERRORS:
+            return False
+        return True
+
+    async def listen(self) -> None:
+        """Applies invalidations from every worker until cancelled, reconnecting forever."""
+        delay = 0.1
+        while True:
+            pubsub = self._subscriber.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                await self._receive(pubsub)
+            except _ERRORS as exc:
+                if self.subscribed:
+                    log.warning("lost the invalidation channel: %r", exc)
+                self.subscribed = False
+            finally:
+                await _close_quietly(pubsub)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _receive(self, pubsub: Any) -> None:
+        last_heard = next_ping = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=0.25)
+            now = time.monotonic()
+            if message is not None:
+                last_heard = now
+                await self._handle(message)
+            elif now - last_heard > _SILENCE_LIMIT:
+                raise ConnectionError(f"no word from Redis for {_SILENCE_LIMIT} s")
+            if now >= next_ping:
+                await pubsub.ping()
+                next_ping = now + 1.0
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            self.invalidations_received += 1
+            self._l1.invalidate(message["data"].decode("utf-8", "replace"))
+        elif kind == "subscribe":
+            # Messages published while we were not subscribed are lost for good (pub/sub is
+            # at-most-once), so everything L1 holds may be stale: start it afresh.
+            await self._publish_pending()
+            self._l1.flush()
+            self.flushes += 1
+            self.subscribed = True
+            log.info("subscribed to invalidations; L1 flushed")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._subscriber.aclose()
+
+
+def decode(raw: bytes) -> Lookup:
+    version, _, payload = raw.partition(b"|")
+    if payload == _MISSING:
+        return MISSING
+    url, status, expires_at, max_visits, gone = orjson.loads(payload)
+    return Target(url, status, expires_at, max_visits, gone, int(version))
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    with contextlib.suppress(*_ERRORS):
+        await pubsub.aclose()

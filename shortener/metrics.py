@@ -1,0 +1,114 @@
+"""Every metric the service exports, defined once.
+
+prometheus_client runs in multiprocess mode whenever PROMETHEUS_MULTIPROC_DIR is set (always
+under gunicorn), so that one scrape of /metrics covers every worker of the instance. No label
+ever takes an unbounded value: never a code, a URL or a client address.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from shortener import __version__
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+REQUEST_DURATION = Histogram(
+    "shortener_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template, method and status class.",
+    ["route", "method", "status_class"],
+    buckets=LATENCY_BUCKETS,
+)
+CACHE_LOOKUPS = Counter(
+    "shortener_cache_lookups_total",
+    "Redirect lookups by the tier that answered (l1, l2, store) and result "
+    "(hit: a link; negative: a cached unknown code; miss: the tier did not know).",
+    ["tier", "result"],
+)
+L1_ENTRIES = Gauge(
+    "shortener_l1_entries",
+    "Entries in the in-process cache, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+INVALIDATIONS_RECEIVED = Counter(
+    "shortener_invalidations_received_total",
+    "Invalidation messages received from Redis pub/sub.",
+)
+L1_FLUSHES = Counter(
+    "shortener_l1_flushes_total",
+    "Whole-L1 flushes, by reason (e.g. a pub/sub reconnect that may have lost messages).",
+    ["reason"],
+)
+REDIS_ERRORS = Counter(
+    "shortener_redis_errors_total",
+    "Redis calls that failed or timed out, by operation.",
+    ["operation"],
+)
+REDIS_BREAKER_OPEN = Gauge(
+    "shortener_redis_breaker_open",
+    "1 while the Redis circuit breaker is open in any live worker.",
+    multiprocess_mode="livemax",
+)
+DEPENDENCY_UP = Gauge(
+    "shortener_dependency_up",
+    "1 when the dependency answered its last check (the lowest of the live workers).",
+    ["dependency"],
+    multiprocess_mode="livemin",
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "shortener_db_pool_connections",
+    "PostgreSQL pool connections by state (in_use, idle), summed over live workers.",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+DB_QUERY_DURATION = Histogram(
+    "shortener_db_query_duration_seconds",
+    "Time of store operations, by operation.",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+CLICKS_BUFFERED = Gauge(
+    "shortener_clicks_buffered",
+    "Clicks counted in memory and not yet written, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+CLICKS_FLUSHED = Counter("shortener_clicks_flushed_total", "Clicks written to the store.")
+CLICKS_DROPPED = Counter(
+    "shortener_clicks_dropped_total",
+    "Clicks dropped because the in-memory buffer was full while the store was down.",
+)
+BUILD_INFO = Gauge(
+    "shortener_build_info",
+    "Always 1; the labels say which build runs.",
+    ["version", "python"],
+    multiprocess_mode="max",
+)
+
+
+def registry() -> CollectorRegistry:
+    """The registry a scrape reads: every worker's files in multiprocess mode."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+        return collected
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+def exposition() -> bytes:
+    return generate_latest(registry())
+
+
+def mark_build() -> None:
+    BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
