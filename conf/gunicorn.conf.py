@@ -21,3 +21,10 @@ proc_name = "shortener"
 # Gunicorn 27 opens a control socket at one fixed path per user; instances on one host
 # would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+def child_exit(_server: object, worker: object) -> None:
+    """A worker died or was replaced: its live gauges must stop counting in /metrics."""
+    from shortener.metrics import worker_exited
+
+    worker_exited(worker.pid)  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ from shortener.errors import StoreUnavailable
 from shortener.links.clicks import ClickCounter
 from shortener.links.service import LinkService
 from shortener.store import Store, make_store
+from shortener.telemetry import edge_middleware, sync_metrics
 from shortener.web import MAX_BODY_BYTES
 from shortener.web.api import LinksApi
 from shortener.web.ops import Operations
@@ -50,7 +51,9 @@ def create_app(settings: Settings) -> web.Application:
     clicks = ClickCounter(store, settings.click_flush_interval, settings.click_buffer_max_codes)
     service = LinkService(store, tiered)
 
-    app = web.Application(middlewares=[problems_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[edge_middleware, problems_middleware], client_max_size=MAX_BODY_BYTES
+    )
     app[SETTINGS] = settings
     app[STORE] = store
     app[L1] = l1
@@ -66,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             web.get("/healthz", ops.healthz),
             web.get("/readyz", ops.readyz),
+            web.get("/metrics", ops.metrics),
             web.get("/api/v1/openapi.json", ops.openapi),
             web.post("/api/v1/links", api.create),
             web.get("/api/v1/links", api.list),
@@ -77,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_store_lifecycle)
     app.cleanup_ctx.append(_click_flusher)
+    app.cleanup_ctx.append(_metrics_sync)
     if l2 is not None:
         app.cleanup_ctx.append(_invalidation_listener)
     return app
@@ -101,6 +106,14 @@ async def _click_flusher(app: web.Application) -> AsyncIterator[None]:
         await clicks.flush()
     except StoreUnavailable as exc:
         log.error("clicks lost at shutdown, store unavailable: %s", exc)
+
+
+async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(sync_metrics(app[TIERED], app[CLICKS], app[STORE]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _invalidation_listener(app: web.Application) -> AsyncIterator[None]:

@@ -11,6 +11,8 @@ import sysconfig
 from pathlib import Path
 
 from shortener.config import ConfigError, Settings
+from shortener.metrics import prepare_multiprocess_dir
+from shortener.telemetry import configure_logging
 
 log = logging.getLogger("shortener")
 
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"shortener: bad setting: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     try:
         result: int = args.run(args, settings)
     except KeyboardInterrupt:
@@ -68,18 +70,11 @@ def _workers(raw: str) -> int:
     return workers
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # Migrate once, before any worker starts; several instances starting at once are safe.
     asyncio.run(_migrate_store(settings))
     workers = args.workers or settings.workers
+    prepare_multiprocess_dir(workers)
     if workers > 1:
         _exec_gunicorn(args.host, args.port, workers)
     import uvloop

@@ -154,3 +154,41 @@ def test_unreachable_database_at_start_is_retried_not_a_traceback(tmp_path: Path
     output = log_path.read_text()
     assert output.count("store unreachable, retrying") >= 2
     assert "Traceback" not in output
+
+
+def test_metrics_cover_every_worker_in_one_scrape(
+    app_instance_factory: Any, postgres_url: str
+) -> None:
+    env = {"SHORTENER_DATABASE_URL": postgres_url}
+    instance: AppInstance = app_instance_factory(env, workers=2)
+    key = keys_create(env)
+    link = asyncio.run(shorten(instance.url, key, url="https://example.com/metrics"))
+
+    async def visit_then_scrape() -> str:
+        # New connections, so both workers take a share of the redirects.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            statuses = await asyncio.gather(
+                *(follow(session, f"{instance.url}/{link['code']}") for _ in range(60))
+            )
+            assert statuses == [302] * 60
+            await asyncio.sleep(1.5)  # one metrics sync
+            async with session.get(f"{instance.url}/metrics") as response:
+                assert response.status == 200
+                return await response.text()
+
+    samples = _samples(asyncio.run(visit_then_scrape()))
+    redirects = 'method="GET",route="/{code}",status_class="3xx"'
+    assert samples[f"shortener_http_request_duration_seconds_count{{{redirects}}}"] == 60
+    l1 = 'shortener_cache_lookups_total{{result="{}",tier="l1"}}'
+    assert samples[l1.format("hit")] + samples[l1.format("miss")] == 60
+    assert any(name.startswith("shortener_build_info{") for name in samples)
+
+
+def _samples(text: str) -> dict[str, float]:
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

@@ -20,6 +20,10 @@ class Store(Protocol):
         """Applies pending migrations, safely when several processes start at once."""
         ...
 
+    def pool_stats(self) -> tuple[int, int]:
+        """Connections in use and idle, for the metrics."""
+        ...
+
     async def ping(self) -> None:
         """Raises StoreUnavailable unless the store answers now."""
         ...

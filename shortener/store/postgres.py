@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -13,6 +14,7 @@ import asyncpg
 from shortener.config import Settings
 from shortener.errors import CodeTaken, StoreUnavailable
 from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.metrics import DB_QUERY_DURATION
 from shortener.store import migration_scripts
 
 # Any number will do, as long as nothing else in the database takes the same advisory lock.
@@ -61,18 +63,29 @@ class PostgresStore:
             self._pool = None
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]]:
+    async def _connection(
+        self, operation: str
+    ) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]]:
         if self._pool is None:
             raise StoreUnavailable("the store is not open")
+        started = time.perf_counter()
         try:
             async with self._pool.acquire(timeout=self._settings.db_connect_timeout) as conn:
                 yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+        finally:
+            DB_QUERY_DURATION.labels(operation).observe(time.perf_counter() - started)
+
+    def pool_stats(self) -> tuple[int, int]:
+        if self._pool is None:
+            return 0, 0
+        idle = self._pool.get_idle_size()
+        return self._pool.get_size() - idle, idle
 
     async def migrate(self) -> list[int]:
         applied = []
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection("migrate") as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute(
                 """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -90,13 +103,13 @@ class PostgresStore:
         return applied
 
     async def ping(self) -> None:
-        async with self._connection() as conn:
+        async with self._connection("ping") as conn:
             await conn.fetchval("SELECT 1")
 
     async def insert_link(
         self, code: str, new: NewLink, owner_id: int | None, now: datetime
     ) -> Link:
-        async with self._connection() as conn:
+        async with self._connection("insert_link") as conn:
             try:
                 row = await conn.fetchrow(
                     f"""INSERT INTO links (code, url, owner_id, created_at, updated_at,
@@ -117,7 +130,7 @@ class PostgresStore:
         return _link(row)
 
     async def get_link(self, code: str) -> Link | None:
-        async with self._connection() as conn:
+        async with self._connection("get_link") as conn:
             row = await conn.fetchrow(f"SELECT {_LINK_COLUMNS} FROM links WHERE code = $1", code)
         return _link(row) if row else None
 
@@ -126,7 +139,7 @@ class PostgresStore:
         flags_and_values: list[Any] = []
         for name in _CHANGEABLE:
             flags_and_values += [name in values, values.get(name)]
-        async with self._connection() as conn:
+        async with self._connection("update_link") as conn:
             row = await conn.fetchrow(
                 f"""UPDATE links SET
                         url = CASE WHEN $2 THEN $3 ELSE url END,
@@ -145,7 +158,7 @@ class PostgresStore:
         return _link(row) if row else None
 
     async def delete_link(self, code: str, now: datetime) -> Link | None:
-        async with self._connection() as conn:
+        async with self._connection("delete_link") as conn:
             row = await conn.fetchrow(
                 f"""UPDATE links SET deleted_at = $2, updated_at = $2, version = version + 1
                     WHERE code = $1 AND deleted_at IS NULL
@@ -159,7 +172,7 @@ class PostgresStore:
         self, owner_id: int | None, before_id: int | None, limit: int
     ) -> list[Link]:
         before = before_id if before_id is not None else 2**63 - 1
-        async with self._connection() as conn:
+        async with self._connection("list_links") as conn:
             if owner_id is None:
                 rows = await conn.fetch(
                     f"""SELECT {_LINK_COLUMNS} FROM links
@@ -179,7 +192,7 @@ class PostgresStore:
         return [_link(row) for row in rows]
 
     async def add_clicks(self, counts: Mapping[str, int]) -> None:
-        async with self._connection() as conn:
+        async with self._connection("add_clicks") as conn:
             await conn.execute(
                 """UPDATE links SET clicks = links.clicks + batch.n
                    FROM unnest($1::text[], $2::bigint[]) AS batch(code, n)
@@ -189,7 +202,7 @@ class PostgresStore:
             )
 
     async def take_visit(self, code: str) -> bool:
-        async with self._connection() as conn:
+        async with self._connection("take_visit") as conn:
             status = await conn.execute(
                 """UPDATE links SET clicks = clicks + 1
                    WHERE code = $1 AND (max_visits IS NULL OR clicks < max_visits)""",
@@ -198,7 +211,7 @@ class PostgresStore:
         return bool(status == "UPDATE 1")
 
     async def visits_left(self, code: str) -> bool:
-        async with self._connection() as conn:
+        async with self._connection("visits_left") as conn:
             left = await conn.fetchval(
                 "SELECT max_visits IS NULL OR clicks < max_visits FROM links WHERE code = $1",
                 code,
@@ -206,7 +219,7 @@ class PostgresStore:
         return bool(left)
 
     async def insert_key(self, name: str, key_hash: str, admin: bool, now: datetime) -> ApiKey:
-        async with self._connection() as conn:
+        async with self._connection("insert_key") as conn:
             key_id = await conn.fetchval(
                 """INSERT INTO api_keys (name, key_hash, admin, created_at)
                    VALUES ($1, $2, $3, $4) RETURNING id""",
@@ -218,7 +231,7 @@ class PostgresStore:
         return ApiKey(id=key_id, name=name, admin=admin)
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
-        async with self._connection() as conn:
+        async with self._connection("key_by_hash") as conn:
             row = await conn.fetchrow(
                 """SELECT id, name, admin FROM api_keys
                    WHERE key_hash = $1 AND revoked_at IS NULL""",

@@ -43,6 +43,10 @@ class SqliteStore:
             await self._db.close()
             self._db = None
 
+    def pool_stats(self) -> tuple[int, int]:
+        """One connection, never held between statements."""
+        return 0, 1 if self._db is not None else 0
+
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:

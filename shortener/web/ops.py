@@ -8,6 +8,7 @@ from importlib import resources
 import orjson
 from aiohttp import web
 
+from shortener import metrics
 from shortener.cache.l1 import L1Cache
 from shortener.cache.redis import RedisTier
 from shortener.errors import StoreUnavailable
@@ -61,6 +62,11 @@ class Operations:
         if self._l2 is None:
             return None
         return self._l2.subscribed and await self._l2.ping()
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE}
+        )
 
     async def openapi(self, _request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type=_JSON)
