@@ -1,4 +1,4 @@
-"""Schemathesis against the served OpenAPI document: no input yields a 5xx or an undocumented answer."""
+"""Schemathesis against the served OpenAPI document: no input gets a 5xx or an unlisted answer."""
 
 from __future__ import annotations
 
