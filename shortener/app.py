@@ -52,7 +52,8 @@ def create_app(settings: Settings) -> web.Application:
     service = LinkService(store, tiered)
 
     app = web.Application(
-        middlewares=[edge_middleware, problems_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[edge_middleware(settings.metrics), problems_middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
     app[STORE] = store

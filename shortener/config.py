@@ -46,6 +46,8 @@ class Settings:
     redis_timeout: float = 0.05
     trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
     keepalive_timeout: float = 75.0
+    # Per-request latency metrics; off only to measure what they cost.
+    metrics: bool = True
     workers: int = 1
     log_level: str = "info"
 
@@ -108,6 +110,7 @@ class Settings:
             keepalive_timeout=reader.read(
                 "SHORTENER_KEEPALIVE_TIMEOUT", _positive_float, defaults.keepalive_timeout
             ),
+            metrics=reader.read("SHORTENER_METRICS", _boolean, True),
             workers=reader.read("SHORTENER_WORKERS", _positive_int, 1),
             log_level=reader.read("SHORTENER_LOG_LEVEL", _log_level, "info"),
         ).checked()

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from shortener import metrics
 from shortener.cache.tiered import TieredCache
@@ -25,24 +26,30 @@ _MAX_REQUEST_ID = 128
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in and out, and the request's latency by route, method and status class."""
-    started = time.perf_counter()
-    request_id = request.headers.get("X-Request-ID", "")
-    if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
-        request_id = secrets.token_hex(8)
-    REQUEST_ID.set(request_id)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        # Only redirects and other non-errors escape the problems middleware.
-        exc.headers["X-Request-ID"] = request_id
-        _observe(request, exc.status, started)
-        raise
-    response.headers["X-Request-ID"] = request_id
-    _observe(request, response.status, started)
-    return response
+def edge_middleware(observe: bool) -> Middleware:
+    """Request id in and out and, if `observe`, each request's latency by route and status."""
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request.headers.get("X-Request-ID", "")
+        if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
+            request_id = secrets.token_hex(8)
+        REQUEST_ID.set(request_id)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            # Only redirects and other non-errors escape the problems middleware.
+            exc.headers["X-Request-ID"] = request_id
+            if observe:
+                _observe(request, exc.status, started)
+            raise
+        response.headers["X-Request-ID"] = request_id
+        if observe:
+            _observe(request, response.status, started)
+        return response
+
+    return edge
 
 
 def _observe(request: web.Request, status: int, started: float) -> None:
