@@ -28,3 +28,15 @@ def child_exit(_server: object, worker: object) -> None:
     from shortener.metrics import worker_exited
 
     worker_exited(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_exit(_server: object) -> None:
+    """Removes the metrics folder `shortener serve` made for this run, if it made one."""
+    import os
+    import shutil
+
+    from shortener.cli import TEMPORARY_METRICS_DIR
+
+    directory = os.environ.get(TEMPORARY_METRICS_DIR)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from datetime import UTC, datetime
 
 from cachetools import TTLCache
 
+from shortener.errors import StoreUnavailable
 from shortener.links.model import ApiKey
 from shortener.store import Store
 
@@ -30,18 +32,40 @@ async def create_key(store: Store, name: str, admin: bool) -> tuple[ApiKey, str]
 
 
 class KeyRing:
-    """Resolves a presented key to its record, remembering answers for a few seconds."""
+    """Resolves a presented key to its record, remembering answers for a few seconds.
 
-    def __init__(self, store: Store, ttl: float = 5.0) -> None:
+    A revoked key is therefore refused everywhere within `ttl` seconds. Keys are looked up
+    by their hash, so no comparison ever runs over the secret itself.
+    """
+
+    def __init__(self, store: Store, ttl: float = 5.0, touch_every: float = 60.0) -> None:
         self._store = store
         self._known: TTLCache[str, ApiKey | None] = TTLCache(maxsize=10_000, ttl=ttl)
+        self._touched: TTLCache[int, bool] = TTLCache(maxsize=10_000, ttl=touch_every)
+        self._touching: set[asyncio.Task[None]] = set()
 
     async def resolve(self, key: str) -> ApiKey | None:
         if not key.startswith(KEY_PREFIX) or len(key) > 128:
             return None
         digest = hash_key(key)
         if digest in self._known:
-            return self._known[digest]
-        record = await self._store.key_by_hash(digest)
-        self._known[digest] = record
+            record = self._known[digest]
+        else:
+            record = await self._store.key_by_hash(digest)
+            self._known[digest] = record
+        if record is not None and record.id not in self._touched:
+            self._touch(record.id)
         return record
+
+    def _touch(self, key_id: int) -> None:
+        """Records the last use at most once a minute per worker, off the request's path."""
+        self._touched[key_id] = True
+        task = asyncio.create_task(self._store_touch(key_id))
+        self._touching.add(task)
+        task.add_done_callback(self._touching.discard)
+
+    async def _store_touch(self, key_id: int) -> None:
+        try:
+            await self._store.touch_key(key_id, datetime.now(UTC))
+        except StoreUnavailable:
+            self._touched.pop(key_id, None)

@@ -8,13 +8,23 @@ import logging
 import os
 import sys
 import sysconfig
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shortener.config import ConfigError, Settings
-from shortener.metrics import prepare_multiprocess_dir
-from shortener.telemetry import configure_logging
+from shortener.logs import configure_logging
+
+if TYPE_CHECKING:
+    from shortener.links.model import KeyInfo
+    from shortener.store import Store
 
 log = logging.getLogger("shortener")
+
+TEMPORARY_METRICS_DIR = "SHORTENER_TEMPORARY_METRICS_DIR"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--admin", action="store_true", help="the key sees and changes all links")
     create.set_defaults(run=_keys_create)
+    listing = key_commands.add_parser("list", help="list API keys (never the keys themselves)")
+    listing.set_defaults(run=_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke an API key at once and for good")
+    revoke.add_argument("id", type=int, help="the key's id, as `keys list` shows it")
+    revoke.set_defaults(run=_keys_revoke)
     return parser
 
 
@@ -71,10 +86,10 @@ def _workers(raw: str) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    workers = args.workers or settings.workers
+    _prepare_metrics_dir(workers)
     # Migrate once, before any worker starts; several instances starting at once are safe.
     asyncio.run(_migrate_store(settings))
-    workers = args.workers or settings.workers
-    prepare_multiprocess_dir(workers)
     if workers > 1:
         _exec_gunicorn(args.host, args.port, workers)
     import uvloop
@@ -92,6 +107,26 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print=lambda _: log.info("serving on http://%s:%d", args.host, args.port),
     )
     return 0
+
+
+def _prepare_metrics_dir(workers: int) -> None:
+    """Before any worker starts: an empty folder for the workers' metric files.
+
+    Files left by an earlier run would be summed into this one's figures, so they go. This
+    runs before prometheus_client is imported, which writes into the folder at import.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory is None:
+        if workers == 1:
+            return
+        directory = tempfile.mkdtemp(prefix="shortener-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        # Made here, so removed by gunicorn's on_exit hook (conf/gunicorn.conf.py).
+        os.environ[TEMPORARY_METRICS_DIR] = directory
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
 
 
 def _exec_gunicorn(host: str, port: int, workers: int) -> None:
@@ -149,15 +184,50 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _create_key(settings: Settings, name: str, admin: bool) -> str:
-    from shortener.app import open_store
     from shortener.auth import create_key
+
+    async with _open_store(settings) as store:
+        _, key = await create_key(store, name, admin)
+    return key
+
+
+def _keys_list(_args: argparse.Namespace, settings: Settings) -> int:
+    async def keys() -> list[KeyInfo]:
+        async with _open_store(settings) as store:
+            return await store.list_keys()
+
+    print("id\tname\tadmin\tcreated_at\tlast_used_at\trevoked")
+    for key in asyncio.run(keys()):
+        used = key.last_used_at.isoformat() if key.last_used_at else "-"
+        print(
+            f"{key.id}\t{key.name}\t{key.admin}\t{key.created_at.isoformat()}\t{used}"
+            f"\t{key.revoked}"
+        )
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def revoke() -> bool:
+        async with _open_store(settings) as store:
+            return await store.revoke_key(args.id, datetime.now(UTC))
+
+    if not asyncio.run(revoke()):
+        print(f"shortener: no live key with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"revoked key {args.id}; every instance refuses it within seconds")
+    return 0
+
+
+@asynccontextmanager
+async def _open_store(settings: Settings) -> AsyncIterator[Store]:
+    """The store, migrated, for one command."""
+    from shortener.app import open_store
     from shortener.store import make_store
 
     store = make_store(settings)
     await open_store(store)
     try:
         await store.migrate()
-        _, key = await create_key(store, name, admin)
+        yield store
     finally:
         await store.close()
-    return key

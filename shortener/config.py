@@ -29,6 +29,16 @@ class Settings:
     public_create: bool = False
     # Per client address, for keyless creation: a burst of this many, refilled per minute.
     public_create_per_minute: int = 10
+    # Creates per API key per minute, and 404s per client address per minute (a scanner
+    # walking random codes is slowed, then refused), shared through Redis when it is up.
+    creates_per_key_per_minute: int = 600
+    not_found_per_minute: int = 120
+    # Domains no link may point at (a file, one a line), besides those added through the API.
+    blocklist: tuple[str, ...] = ()
+    # allow | deny-keyless | deny: links to private and local network addresses.
+    private_targets: str = "deny-keyless"
+    # A client that takes longer than this to send its body gets 408.
+    body_timeout: float = 10.0
     l1_ttl: float = 30.0
     l1_size: int = 100_000
     # Unknown codes are remembered for less time than links, so a new alias shows up quickly.
@@ -55,6 +65,9 @@ class Settings:
     def base_host(self) -> str:
         return (urlsplit(self.base_url).hostname or "").lower()
 
+    def short_url(self, code: str) -> str:
+        return f"{self.base_url}/{code}"
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite:")
@@ -79,6 +92,21 @@ class Settings:
                 "SHORTENER_PUBLIC_CREATE_PER_MINUTE",
                 _positive_int,
                 defaults.public_create_per_minute,
+            ),
+            creates_per_key_per_minute=reader.read(
+                "SHORTENER_CREATES_PER_KEY_PER_MINUTE",
+                _positive_int,
+                defaults.creates_per_key_per_minute,
+            ),
+            not_found_per_minute=reader.read(
+                "SHORTENER_NOT_FOUND_PER_MINUTE", _positive_int, defaults.not_found_per_minute
+            ),
+            blocklist=reader.read("SHORTENER_BLOCKLIST_FILE", _blocklist_file, ()),
+            private_targets=reader.read(
+                "SHORTENER_PRIVATE_TARGETS", _private_targets, defaults.private_targets
+            ),
+            body_timeout=reader.read(
+                "SHORTENER_BODY_TIMEOUT", _positive_float, defaults.body_timeout
             ),
             l1_ttl=reader.read("SHORTENER_L1_TTL", _non_negative_float, defaults.l1_ttl),
             l1_size=reader.read("SHORTENER_L1_SIZE", _non_negative_int, defaults.l1_size),
@@ -245,6 +273,23 @@ def _networks(raw: str) -> tuple[IPNetwork, ...]:
         except ValueError:
             raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
     return tuple(networks)
+
+
+def _blocklist_file(raw: str) -> tuple[str, ...]:
+    from shortener.links.policy import load_blocklist
+
+    try:
+        return tuple(load_blocklist(raw))
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror}") from None
+
+
+def _private_targets(raw: str) -> str:
+    from shortener.links.policy import PRIVATE_TARGET_MODES
+
+    if raw not in PRIVATE_TARGET_MODES:
+        raise ValueError(f"must be one of {', '.join(PRIVATE_TARGET_MODES)}")
+    return raw
 
 
 def _log_level(raw: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -107,23 +106,6 @@ def registry() -> CollectorRegistry:
     from prometheus_client import REGISTRY
 
     return REGISTRY
-
-
-def prepare_multiprocess_dir(workers: int) -> None:
-    """Before any worker starts: an empty directory for the workers' metric files.
-
-    Files left by an earlier run would be summed into this one's figures, so they go.
-    """
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory is None:
-        if workers == 1:
-            return
-        directory = tempfile.mkdtemp(prefix="shortener-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
-        if name.endswith(".db"):
-            os.unlink(os.path.join(directory, name))
 
 
 def worker_exited(pid: int) -> None:

@@ -1,25 +1,21 @@
-"""The edge of every request (request id, latency, logs) and the once-a-second metrics sync."""
+"""The edge of every request (request id, latency) and the once-a-second metrics sync."""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import logging
 import secrets
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from shortener import metrics
 from shortener.cache.tiered import TieredCache
 from shortener.links.clicks import ClickCounter
+from shortener.logs import REQUEST_ID
 from shortener.store import Store
 
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 _MAX_REQUEST_ID = 128
 
@@ -58,30 +54,6 @@ def _observe(request: web.Request, status: int, started: float) -> None:
     metrics.REQUEST_DURATION.labels(
         template, request.method, _STATUS_CLASSES.get(status // 100, "other")
     ).observe(time.perf_counter() - started)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line, with the request id of the request being served."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": REQUEST_ID.get(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 async def sync_metrics(

@@ -35,7 +35,7 @@ class Reply:
 def _templates() -> list[tuple[re.Pattern[str], str]]:
     found = []
     for template in OPENAPI["paths"]:
-        pattern = re.escape(template).replace(r"\{code\}", "[^/]+")
+        pattern = re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template))
         found.append((re.compile(pattern), template))
     # Literal paths win over templated ones (/healthz is not a short code).
     return sorted(found, key=lambda item: item[1].count("{"))

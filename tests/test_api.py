@@ -383,6 +383,7 @@ async def test_list_default_limit_is_20(client: ContractClient, keys: Keys) -> N
         "limit=101",
         "limit=-1",
         "limit=abc",
+        "limit=" + "9" * 5000,
         "limit=1.5",
         "limit=",
         "limit=٣",

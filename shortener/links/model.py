@@ -16,6 +16,23 @@ class ApiKey:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    name: str
+    admin: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedDomain:
+    domain: str
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Link:
     id: int
     code: str

@@ -8,6 +8,7 @@ from shortener.cache.tiered import TieredCache
 from shortener.errors import CodeTaken, conflict, not_found, unavailable
 from shortener.links import codes
 from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.links.policy import DestinationPolicy
 from shortener.store import Store
 
 # Collisions among 62**7 codes are rare; a few retries, then a longer code, always terminate.
@@ -15,11 +16,13 @@ _ATTEMPTS_PER_LENGTH = 3
 
 
 class LinkService:
-    def __init__(self, store: Store, cache: TieredCache) -> None:
+    def __init__(self, store: Store, cache: TieredCache, policy: DestinationPolicy) -> None:
         self._store = store
         self._cache = cache
+        self._policy = policy
 
     async def create(self, new: NewLink, owner: ApiKey | None) -> Link:
+        await self._policy.check(new.url, keyless=owner is None)
         owner_id = owner.id if owner else None
         now = datetime.now(UTC)
         if new.alias is not None:
@@ -50,6 +53,9 @@ class LinkService:
 
     async def update(self, code: str, changes: LinkChanges, caller: ApiKey) -> Link:
         await self.get(code, caller)
+        url = changes.values.get("url")
+        if isinstance(url, str):
+            await self._policy.check(url, keyless=False)
         link = await self._store.update_link(code, changes, datetime.now(UTC))
         if link is None:
             raise not_found()

@@ -8,7 +8,14 @@ from importlib import resources
 from typing import Protocol
 
 from shortener.config import Settings
-from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.links.model import (
+    ApiKey,
+    BlockedDomain,
+    KeyInfo,
+    Link,
+    LinkChanges,
+    NewLink,
+)
 
 
 class Store(Protocol):
@@ -61,6 +68,22 @@ class Store(Protocol):
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key with this hash, unless it was revoked."""
         ...
+
+    async def touch_key(self, key_id: int, now: datetime) -> None: ...
+
+    async def list_keys(self) -> list[KeyInfo]: ...
+
+    async def revoke_key(self, key_id: int, now: datetime) -> bool: ...
+
+    async def blocked_among(self, domains: list[str]) -> bool:
+        """True if any of these domains is on the blocklist."""
+        ...
+
+    async def block_domain(self, domain: str, reason: str, now: datetime) -> BlockedDomain: ...
+
+    async def unblock_domain(self, domain: str) -> bool: ...
+
+    async def list_blocked(self) -> list[BlockedDomain]: ...
 
 
 def make_store(settings: Settings) -> Store:

@@ -13,7 +13,14 @@ import asyncpg
 
 from shortener.config import Settings
 from shortener.errors import CodeTaken, StoreUnavailable
-from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.links.model import (
+    ApiKey,
+    BlockedDomain,
+    KeyInfo,
+    Link,
+    LinkChanges,
+    NewLink,
+)
 from shortener.metrics import DB_QUERY_DURATION
 from shortener.store import migration_scripts
 
@@ -238,6 +245,61 @@ class PostgresStore:
                 key_hash,
             )
         return ApiKey(id=row["id"], name=row["name"], admin=row["admin"]) if row else None
+
+    async def touch_key(self, key_id: int, now: datetime) -> None:
+        async with self._connection("touch_key") as conn:
+            await conn.execute("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", key_id, now)
+
+    async def list_keys(self) -> list[KeyInfo]:
+        async with self._connection("list_keys") as conn:
+            rows = await conn.fetch(
+                """SELECT id, name, admin, created_at, last_used_at,
+                          revoked_at IS NOT NULL AS revoked
+                   FROM api_keys ORDER BY id"""
+            )
+        return [KeyInfo(**dict(row.items())) for row in rows]
+
+    async def revoke_key(self, key_id: int, now: datetime) -> bool:
+        async with self._connection("revoke_key") as conn:
+            status = await conn.execute(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                key_id,
+                now,
+            )
+        return bool(status == "UPDATE 1")
+
+    async def blocked_among(self, domains: list[str]) -> bool:
+        async with self._connection("blocked_among") as conn:
+            found = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM blocked_domains WHERE domain = ANY($1::text[]))",
+                domains,
+            )
+        return bool(found)
+
+    async def block_domain(self, domain: str, reason: str, now: datetime) -> BlockedDomain:
+        async with self._connection("block_domain") as conn:
+            row = await conn.fetchrow(
+                """INSERT INTO blocked_domains (domain, reason, created_at) VALUES ($1, $2, $3)
+                   ON CONFLICT (domain) DO UPDATE SET reason = EXCLUDED.reason
+                   RETURNING domain, reason, created_at""",
+                domain,
+                reason,
+                now,
+            )
+        assert row is not None
+        return BlockedDomain(**dict(row.items()))
+
+    async def unblock_domain(self, domain: str) -> bool:
+        async with self._connection("unblock_domain") as conn:
+            status = await conn.execute("DELETE FROM blocked_domains WHERE domain = $1", domain)
+        return bool(status == "DELETE 1")
+
+    async def list_blocked(self) -> list[BlockedDomain]:
+        async with self._connection("list_blocked") as conn:
+            rows = await conn.fetch(
+                "SELECT domain, reason, created_at FROM blocked_domains ORDER BY domain"
+            )
+        return [BlockedDomain(**dict(row.items())) for row in rows]
 
 
 def _link(row: asyncpg.Record) -> Link:

@@ -12,7 +12,14 @@ import orjson
 
 from shortener.config import Settings
 from shortener.errors import CodeTaken, StoreUnavailable
-from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.links.model import (
+    ApiKey,
+    BlockedDomain,
+    KeyInfo,
+    Link,
+    LinkChanges,
+    NewLink,
+)
 from shortener.store import migration_scripts
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
@@ -210,6 +217,71 @@ class SqliteStore:
         ) as cursor:
             row = await cursor.fetchone()
         return ApiKey(id=row["id"], name=row["name"], admin=bool(row["admin"])) if row else None
+
+    async def touch_key(self, key_id: int, now: datetime) -> None:
+        await self.db.execute(
+            "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (_epoch(now), key_id)
+        )
+
+    async def list_keys(self) -> list[KeyInfo]:
+        async with self.db.execute(
+            """SELECT id, name, admin, created_at, last_used_at, revoked_at IS NOT NULL
+               FROM api_keys ORDER BY id"""
+        ) as cursor:
+            rows = await cursor.fetchall()
+        keys = []
+        for key_id, name, admin, created_at, last_used_at, revoked in rows:
+            created = _time(created_at)
+            assert created is not None
+            keys.append(
+                KeyInfo(key_id, name, bool(admin), created, _time(last_used_at), bool(revoked))
+            )
+        return keys
+
+    async def revoke_key(self, key_id: int, now: datetime) -> bool:
+        cursor = await self.db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (_epoch(now), key_id),
+        )
+        return bool(cursor.rowcount == 1)
+
+    async def blocked_among(self, domains: list[str]) -> bool:
+        async with self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM blocked_domains WHERE domain IN "
+            "(SELECT value FROM json_each(?)))",
+            (orjson.dumps(domains).decode(),),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def block_domain(self, domain: str, reason: str, now: datetime) -> BlockedDomain:
+        async with self.db.execute(
+            """INSERT INTO blocked_domains (domain, reason, created_at) VALUES (?, ?, ?)
+               ON CONFLICT (domain) DO UPDATE SET reason = excluded.reason
+               RETURNING domain, reason, created_at""",
+            (domain, reason, _epoch(now)),
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        created = _time(row["created_at"])
+        assert created is not None
+        return BlockedDomain(row["domain"], row["reason"], created)
+
+    async def unblock_domain(self, domain: str) -> bool:
+        cursor = await self.db.execute("DELETE FROM blocked_domains WHERE domain = ?", (domain,))
+        return bool(cursor.rowcount == 1)
+
+    async def list_blocked(self) -> list[BlockedDomain]:
+        async with self.db.execute(
+            "SELECT domain, reason, created_at FROM blocked_domains ORDER BY domain"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        blocked = []
+        for domain, reason, created_at in rows:
+            created = _time(created_at)
+            assert created is not None
+            blocked.append(BlockedDomain(domain, reason, created))
+        return blocked
 
 
 def _epoch(moment: Any) -> float | None:

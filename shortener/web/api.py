@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from datetime import UTC, datetime
@@ -10,13 +11,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shortener.auth import KeyRing
 from shortener.config import Settings
-from shortener.errors import Problem, bad_request, invalid, unauthorized
-from shortener.links.model import ApiKey, Link
+from shortener.errors import Problem, bad_request, invalid
+from shortener.links.model import Link
 from shortener.links.rules import parse_link_changes, parse_new_link
 from shortener.links.service import LinkService
 from shortener.web import MAX_BODY_BYTES
+from shortener.web.callers import Callers
 from shortener.web.ratelimit import RateLimiter, client_address
 
 DEFAULT_PAGE = 20
@@ -25,38 +26,44 @@ MAX_PAGE = 100
 
 class LinksApi:
     def __init__(
-        self, settings: Settings, service: LinkService, keys: KeyRing, limiter: RateLimiter
+        self, settings: Settings, service: LinkService, callers: Callers, limiter: RateLimiter
     ) -> None:
         self._settings = settings
         self._service = service
-        self._keys = keys
+        self._callers = callers
         self._limiter = limiter
 
     async def create(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request, required=not self._settings.public_create)
+        settings = self._settings
+        caller = await self._callers.optional(request, required=not settings.public_create)
         if caller is None:
-            address = client_address(request, self._settings.trusted_proxies)
-            self._limiter.check(address)
-        new = parse_new_link(await read_json(request), self._settings.base_host)
+            address = client_address(request, settings.trusted_proxies)
+            await self._limiter.check("create-keyless", address, settings.public_create_per_minute)
+        else:
+            await self._limiter.check(
+                "create-key", str(caller.id), settings.creates_per_key_per_minute
+            )
+        new = parse_new_link(await read_json(request, settings.body_timeout), settings.base_host)
         link = await self._service.create(new, caller)
         return self._json(link, status=201, headers={"Location": f"/api/v1/links/{link.code}"})
 
     async def get(self, request: web.Request) -> web.Response:
-        caller = await self._require_caller(request)
+        caller = await self._callers.require(request)
         return self._json(await self._service.get(request.match_info["code"], caller))
 
     async def update(self, request: web.Request) -> web.Response:
-        caller = await self._require_caller(request)
-        changes = parse_link_changes(await read_json(request), self._settings.base_host)
+        caller = await self._callers.require(request)
+        body = await read_json(request, self._settings.body_timeout)
+        changes = parse_link_changes(body, self._settings.base_host)
         return self._json(await self._service.update(request.match_info["code"], changes, caller))
 
     async def delete(self, request: web.Request) -> web.Response:
-        caller = await self._require_caller(request)
+        caller = await self._callers.require(request)
         await self._service.delete(request.match_info["code"], caller)
         return web.Response(status=204)
 
     async def list(self, request: web.Request) -> web.Response:
-        caller = await self._require_caller(request)
+        caller = await self._callers.require(request)
         limit = _parse_limit(request.query.get("limit"))
         before = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
         links = await self._service.list(caller, limit + 1, before)
@@ -64,23 +71,6 @@ class LinksApi:
         next_cursor = _encode_cursor(page[-1].id) if len(links) > limit else None
         body = {"items": [self.link_json(link) for link in page], "next_cursor": next_cursor}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
-
-    async def _require_caller(self, request: web.Request) -> ApiKey:
-        caller = await self._caller(request, required=True)
-        assert caller is not None
-        return caller
-
-    async def _caller(self, request: web.Request, required: bool) -> ApiKey | None:
-        presented = _presented_key(request)
-        if presented is None:
-            if required:
-                raise unauthorized()
-            return None
-        caller = await self._keys.resolve(presented)
-        if caller is None:
-            # A wrong key is refused even where no key is needed, so a typo is noticed.
-            raise unauthorized("The API key is not valid.")
-        return caller
 
     def _json(
         self, link: Link, status: int = 200, headers: dict[str, str] | None = None
@@ -95,7 +85,7 @@ class LinksApi:
     def link_json(self, link: Link) -> dict[str, Any]:
         return {
             "code": link.code,
-            "short_url": f"{self._settings.base_url}/{link.code}",
+            "short_url": self._settings.short_url(link.code),
             "url": link.url,
             "created_at": rfc3339(link.created_at),
             "updated_at": rfc3339(link.updated_at),
@@ -111,18 +101,7 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _presented_key(request: web.Request) -> str | None:
-    authorization = request.headers.get("Authorization")
-    if authorization is not None:
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise unauthorized("Use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
-        return key.strip()
-    api_key = request.headers.get("X-API-Key")
-    return api_key.strip() if api_key is not None else None
-
-
-async def read_json(request: web.Request) -> object:
+async def read_json(request: web.Request, body_timeout: float) -> object:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise Problem(
             413,
@@ -130,7 +109,13 @@ async def read_json(request: web.Request) -> object:
             "Payload too large",
             f"The request body is larger than {MAX_BODY_BYTES} bytes.",
         )
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise Problem(
+            408, "timeout", "Request timeout", f"The body took longer than {body_timeout:g} s."
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -144,7 +129,8 @@ async def read_json(request: web.Request) -> object:
 def _parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    # At most three digits before int(): Python refuses to parse very long numbers.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 3 or not 1 <= int(raw) <= MAX_PAGE:
         raise invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
     return int(raw)
 

@@ -1,36 +1,118 @@
-"""Per-client rate limits and the client address they key on."""
+"""Rate limits shared by every instance through Redis, per process while Redis is down."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import time
+from typing import cast
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from cachetools import TTLCache
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
+from shortener.cache.breaker import Breaker
 from shortener.config import IPNetwork
 from shortener.errors import rate_limited
 
+_WINDOW_MS = 60_000
+_KEY_PREFIX = "shortener:limit:"
+# A fixed one-minute window per key: the count, and how long until it starts afresh.
+_COUNT_IN_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
 
 class RateLimiter:
+    def __init__(self, redis_url: str | None, timeout: float) -> None:
+        self._client = None
+        if redis_url is not None:
+            self._client = aioredis.Redis.from_url(
+                redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        self._breaker = Breaker()
+        self._local = _LocalBuckets()
+
+    async def check(self, scope: str, key: str, per_minute: int) -> None:
+        """Counts one event for `key`, or raises a 429 problem saying when to come back."""
+        wait = await self.wait(scope, key, per_minute)
+        if wait is not None:
+            raise rate_limited(wait)
+
+    async def wait(self, scope: str, key: str, per_minute: int) -> int | None:
+        """Counts one event; None when it is allowed, else the seconds until it would be."""
+        if self._client is not None and self._breaker.allows():
+            try:
+                reply = await self._client.eval(
+                    _COUNT_IN_WINDOW, 1, f"{_KEY_PREFIX}{scope}:{key}", _WINDOW_MS
+                )
+            except _ERRORS:
+                self._breaker.failed()
+            else:
+                self._breaker.succeeded()
+                count, ttl_ms = cast(list[int], reply)
+                return None if count <= per_minute else max(1, math.ceil(ttl_ms / 1000))
+        # Redis is down: each process limits on its own, never not at all.
+        return self._local.take(f"{scope}:{key}", per_minute)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+class _LocalBuckets:
     """A token bucket per key: a burst of `per_minute`, refilled evenly over a minute."""
 
-    def __init__(self, per_minute: int, max_keys: int = 100_000) -> None:
-        self._capacity = float(per_minute)
-        self._rate = per_minute / 60.0
+    def __init__(self, max_keys: int = 100_000) -> None:
         # Idle buckets are full again after a minute, so forgetting them then changes nothing.
         self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(maxsize=max_keys, ttl=60)
 
-    def check(self, key: str) -> None:
-        """Takes one token for `key`, or raises a 429 problem saying when to come back."""
+    def take(self, key: str, per_minute: int) -> int | None:
         now = time.monotonic()
-        tokens, then = self._buckets.get(key, (self._capacity, now))
-        tokens = min(self._capacity, tokens + (now - then) * self._rate)
+        rate = per_minute / 60.0
+        tokens, then = self._buckets.get(key, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - then) * rate)
         if tokens < 1:
             self._buckets[key] = (tokens, now)
-            raise rate_limited(max(1, math.ceil((1 - tokens) / self._rate)))
+            return max(1, math.ceil((1 - tokens) / rate))
         self._buckets[key] = (tokens - 1, now)
+        return None
+
+
+class PenaltyBox:
+    """Client addresses refused outright for a while, kept in each worker.
+
+    The redirect path asks only while somebody is in it, so it costs nothing normally.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._until: TTLCache[str, float] = TTLCache(maxsize=max_entries, ttl=_WINDOW_MS / 1000)
+        self._last_release = 0.0
+
+    def __bool__(self) -> bool:
+        return self._last_release > time.monotonic()
+
+    def put(self, address: str, seconds: int) -> None:
+        until = time.monotonic() + seconds
+        self._until[address] = until
+        self._last_release = max(self._last_release, until)
+
+    def wait(self, address: str) -> int | None:
+        until = self._until.get(address)
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        return max(1, math.ceil(left)) if left > 0 else None
 
 
 def client_address(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:

@@ -8,12 +8,14 @@ from aiohttp import web
 
 from shortener.cache.l1 import L1Cache
 from shortener.cache.tiered import TieredCache
-from shortener.errors import gone, not_found
+from shortener.config import Settings
+from shortener.errors import gone, not_found, rate_limited
 from shortener.links.clicks import ClickCounter
 from shortener.links.codes import CODE_SHAPE
 from shortener.links.model import MISSING
 from shortener.store import Store
 from shortener.web.problems import render
+from shortener.web.ratelimit import PenaltyBox, RateLimiter, client_address
 
 # Browsers may keep a plain redirect this long; limited links must reach us on every visit.
 CACHE_CONTROL = "private, max-age=90"
@@ -22,24 +24,39 @@ NO_STORE = "no-store"
 
 class Redirects:
     def __init__(
-        self, l1: L1Cache, tiered: TieredCache, store: Store, clicks: ClickCounter
+        self,
+        l1: L1Cache,
+        tiered: TieredCache,
+        store: Store,
+        clicks: ClickCounter,
+        limiter: RateLimiter,
+        settings: Settings,
     ) -> None:
         self._l1 = l1
         self._tiered = tiered
         self._store = store
         self._clicks = clicks
+        self._limiter = limiter
+        self._penalty = PenaltyBox()
+        self._trusted = settings.trusted_proxies
+        self._not_found_per_minute = settings.not_found_per_minute
 
     async def follow(self, request: web.Request) -> web.Response:
+        if self._penalty:  # somebody is refused for walking unknown codes: is it this client?
+            wait = self._penalty.wait(client_address(request, self._trusted))
+            if wait is not None:
+                return render(request, rate_limited(wait))
+
         code = request.match_info["code"]
         if CODE_SHAPE.fullmatch(code) is None:
-            return render(request, not_found())
+            return await self._not_found(request)
 
         target = self._l1.get(code)
         if target is None:
             target = await self._tiered.load(code)  # L2, then the store
 
         if target is MISSING:
-            return render(request, not_found())
+            return await self._not_found(request)
         if target.gone or (target.expires_at is not None and target.expires_at <= time.time()):
             return render(request, gone())
 
@@ -62,3 +79,11 @@ class Redirects:
             status=target.status,
             headers={"Location": target.url, "Cache-Control": cache_control},
         )
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        address = client_address(request, self._trusted)
+        wait = await self._limiter.wait("not-found", address, self._not_found_per_minute)
+        if wait is not None:
+            self._penalty.put(address, wait)
+            return render(request, rate_limited(wait))
+        return render(request, not_found())

@@ -1,0 +1,5 @@
+CREATE TABLE blocked_domains (
+    domain TEXT PRIMARY KEY,
+    reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
