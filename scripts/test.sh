@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages whose real servers the tests start (command -> package).
+# Debian packages the tests use: real servers, exporters, a browser (command or file -> package).
 declare -A needed=(
   [/usr/lib/postgresql/15/bin/postgres]=postgresql
   [redis-server]=redis-server
@@ -13,10 +13,15 @@ declare -A needed=(
   [prometheus-alertmanager]=prometheus-alertmanager
   [amtool]=prometheus-alertmanager
   [wrk]=wrk
+  [prometheus-redis-exporter]=prometheus-redis-exporter
+  [prometheus-postgres-exporter]=prometheus-postgres-exporter
+  [prometheus-nginx-exporter]=prometheus-nginx-exporter
+  [/usr/bin/chromium]=chromium
+  [/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]=fonts-dejavu-core
 )
 missing=()
 for command in "${!needed[@]}"; do
-  if ! command -v "$command" >/dev/null 2>&1 && [ ! -x "$command" ]; then
+  if ! command -v "$command" >/dev/null 2>&1 && [ ! -e "$command" ]; then
     missing+=("${needed[$command]}")
   fi
 done

@@ -16,13 +16,18 @@ from shortener.cache.tiered import TieredCache
 from shortener.config import Settings
 from shortener.errors import StoreUnavailable
 from shortener.links.clicks import ClickCounter
+from shortener.links.policy import DestinationPolicy
 from shortener.links.service import LinkService
 from shortener.store import Store, make_store
 from shortener.telemetry import edge_middleware, sync_metrics
 from shortener.web import MAX_BODY_BYTES
 from shortener.web.api import LinksApi
+from shortener.web.blocklist import BlocklistApi
+from shortener.web.callers import Callers
 from shortener.web.ops import Operations
+from shortener.web.page import Page, security_headers_middleware
 from shortener.web.problems import problems_middleware
+from shortener.web.qr import QrCodes
 from shortener.web.ratelimit import RateLimiter
 from shortener.web.redirect import Redirects
 
@@ -33,6 +38,7 @@ STORE = web.AppKey("store", Store)
 L1 = web.AppKey("l1", L1Cache)
 TIERED = web.AppKey("tiered", TieredCache)
 CLICKS = web.AppKey("clicks", ClickCounter)
+LIMITER = web.AppKey("limiter", RateLimiter)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -49,10 +55,15 @@ def create_app(settings: Settings) -> web.Application:
         )
     tiered = TieredCache(l1, l2, store)
     clicks = ClickCounter(store, settings.click_flush_interval, settings.click_buffer_max_codes)
-    service = LinkService(store, tiered)
+    policy = DestinationPolicy(store, settings.blocklist, settings.private_targets)
+    service = LinkService(store, tiered, policy)
 
     app = web.Application(
-        middlewares=[edge_middleware(settings.metrics), problems_middleware],
+        middlewares=[
+            edge_middleware(settings.metrics),
+            security_headers_middleware,
+            problems_middleware,
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
@@ -61,13 +72,19 @@ def create_app(settings: Settings) -> web.Application:
     app[TIERED] = tiered
     app[CLICKS] = clicks
 
-    api = LinksApi(
-        settings, service, KeyRing(store), RateLimiter(settings.public_create_per_minute)
-    )
+    limiter = RateLimiter(settings.redis_url, settings.redis_timeout)
+    app[LIMITER] = limiter
+    callers = Callers(KeyRing(store))
+    api = LinksApi(settings, service, callers, limiter)
+    blocklist = BlocklistApi(store, callers, settings.body_timeout)
     ops = Operations(store, l1, l2, probe_timeout=settings.db_connect_timeout)
-    redirects = Redirects(l1, tiered, store, clicks)
+    redirects = Redirects(l1, tiered, store, clicks, limiter, settings)
+    page = Page()
+    qr = QrCodes(settings, service, callers)
     app.add_routes(
         [
+            web.get("/", page.index),
+            web.get("/static/{name}", page.static),
             web.get("/healthz", ops.healthz),
             web.get("/readyz", ops.readyz),
             web.get("/metrics", ops.metrics),
@@ -77,6 +94,10 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/api/v1/links/{code}", api.get),
             web.patch("/api/v1/links/{code}", api.update),
             web.delete("/api/v1/links/{code}", api.delete),
+            web.get("/api/v1/links/{code}/qr", qr.get),
+            web.get("/api/v1/blocklist", blocklist.list),
+            web.post("/api/v1/blocklist", blocklist.add),
+            web.delete("/api/v1/blocklist/{domain}", blocklist.remove),
             web.get("/{code}", redirects.follow),
         ]
     )
@@ -94,6 +115,7 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await store.migrate()
     yield
     await store.close()
+    await app[LIMITER].close()
 
 
 async def _click_flusher(app: web.Application) -> AsyncIterator[None]:

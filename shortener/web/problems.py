@@ -10,6 +10,7 @@ from aiohttp import web
 
 from shortener.errors import Problem, StoreUnavailable, unavailable
 from shortener.web import MAX_BODY_BYTES
+from shortener.web.page import ASSETS
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +23,20 @@ _PAGES = {
     404: ("Link not found", "There is no short link at this address."),
     410: ("Link gone", "This short link has been removed, disabled, or has expired."),
 }
-_PAGE = """<!doctype html>
+# The main page's look, and nothing about the link: not its code, its target, or its fate.
+_PAGE = ASSETS.link(
+    """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title><link rel="stylesheet" href="/static/app.css"></head>
-<body><main class="miss"><h1>{title}</h1><p>{text}</p><p><a href="/">Make a short link</a></p>
-</main></body></html>
+<meta name="color-scheme" content="light dark"><title>{title}</title>
+<link rel="icon" type="image/svg+xml" href="/static/icon.svg">
+<link rel="stylesheet" href="/static/app.css"></head>
+<body><header class="top"><div class="wrap top-inner"><a class="brand" href="/">
+<img src="/static/icon.svg" alt="" width="28" height="28">Shortener</a></div></header>
+<main class="wrap miss"><div class="card"><h1>{title}</h1><p>{text}</p>
+<p><a class="button primary" href="/">Make a short link</a></p></div></main></body></html>
 """
+)
 
 
 def problem_body(problem: Problem, instance: str) -> dict[str, object]:

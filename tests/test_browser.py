@@ -1,0 +1,261 @@
+"""The web page as a person uses it: headless Chromium against the app running as a process.
+
+Playwright drives Debian's /usr/bin/chromium (never a downloaded browser) on loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+
+from tests import services
+from tests.services import PROJECT_ROOT, AppInstance, AppInstanceFactory
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Kept out of git (results/ is ignored): docs/screenshots/ holds the reviewed copy.
+SCREENSHOT = PROJECT_ROOT / "results" / "screenshots" / "main-page.png"
+# Another loopback address: the app refuses targets on its own host, whatever the port.
+TARGET_HOST = "127.0.0.2"
+LANDING = b"<!doctype html><title>Landing page</title><h1>You have arrived</h1>"
+
+
+class _Landing(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(LANDING)))
+        self.end_headers()
+        self.wfile.write(LANDING)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def target_site() -> Iterator[str]:
+    """A small page on loopback for short links to point at."""
+    server = ThreadingHTTPServer((TARGET_HOST, 0), _Landing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{TARGET_HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def chromium() -> str:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing; install it with `apt-get install chromium`")
+    return CHROMIUM
+
+
+@pytest.fixture
+def app(
+    app_instance_factory: AppInstanceFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AppInstance:
+    # Short URLs must point at the app itself, so its port is chosen before it starts.
+    port = services.free_port()
+    ports = iter([port])
+    monkeypatch.setattr(services, "free_port", lambda: next(ports))
+    instance = app_instance_factory(
+        {
+            "SHORTENER_DATABASE_URL": f"sqlite:///{tmp_path / 'shortener.db'}",
+            "SHORTENER_BASE_URL": f"http://127.0.0.1:{port}",
+            "SHORTENER_CLICK_FLUSH_INTERVAL": "0.2",
+        }
+    )
+    assert instance.port == port
+    return instance
+
+
+def make_key(app: AppInstance) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "shortener", "keys", "create", "--name", "browser"],
+        env={**os.environ, **app.env},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def api_status(app: AppInstance, key: str, path: str) -> int:
+    request = urllib.request.Request(app.url + path, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def shorten(page: Page, url: str) -> None:
+    page.get_by_label("Long URL").fill(url)
+    page.get_by_role("button", name="Shorten", exact=True).click()
+
+
+def test_a_person_shortens_copies_scans_follows_and_deletes(
+    chromium: str, app: AppInstance, target_site: str, tmp_path: Path
+) -> None:
+    key = make_key(app)
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        # Chromium logs every 4xx the page asks for; the test provokes a 401 and a 400.
+        expected = message.text.startswith("Failed to load resource: the server responded")
+        if message.type in {"error", "warning"} and not expected:
+            problems.append(message.text)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1180, "height": 900})
+            context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app.url)
+            page = context.new_page()
+            page.on("console", on_console)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(app.url + "/")
+            expect(page.locator("#links-status")).to_have_text(
+                "Save your API key to see and manage your links."
+            )
+
+            # Without a key (public creation is off) the page says a key is needed.
+            shorten(page, f"{target_site}/first")
+            expect(page.get_by_role("alert")).to_contain_text("needs an API key")
+
+            page.get_by_role("textbox", name="API key").fill(key)
+            page.get_by_role("button", name="Save key").click()
+            expect(page.locator("#key-saved")).to_be_visible()
+            expect(page.locator("#key-end")).to_have_text(key[-4:])
+            assert page.evaluate("localStorage.getItem('shortener.apiKey')") == key
+
+            shorten(page, f"{target_site}/docs/getting-started?utm_source=newsletter")
+            expect(page.locator("#result")).to_be_visible()
+            page.get_by_label("Long URL").fill(f"{target_site}/pricing")
+            page.get_by_text("More options").click()
+            page.get_by_label("Custom alias").fill("pricing")
+            page.get_by_label("Visit limit").fill("500")
+            page.get_by_role("button", name="Shorten", exact=True).click()
+            expect(page.locator("#result-link")).to_have_text(f"{app.url}/pricing")
+            shorten(page, f"{target_site}/landing")
+            link = page.locator("#result-link")
+            expect(link).to_have_text(re.compile(re.escape(app.url) + r"/[A-Za-z0-9]{7}$"))
+            short_url = link.inner_text()
+            code = short_url.rsplit("/", 1)[1]
+            expect(page.locator("#result-target")).to_have_text(f"{target_site}/landing")
+            rows = page.locator("#links-body tr")
+            expect(rows).to_have_count(3)
+            expect(rows.first).to_have_attribute("data-code", code)
+
+            qr = page.locator("#qr")
+            expect(qr).to_be_visible()
+            assert qr.get_attribute("src", timeout=5000).startswith("blob:")  # type: ignore[union-attr]
+            assert qr.evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
+
+            page.get_by_role("button", name="Copy", exact=True).click()
+            expect(page.locator("#copy-status")).to_have_text("Copied to the clipboard.")
+            assert page.evaluate("navigator.clipboard.readText()") == short_url
+
+            page.screenshot(path=str(tmp_path / "main-page.png"), full_page=True)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tmp_path / "main-page.png", SCREENSHOT)
+
+            # The API's field error appears next to the field, tied to it for screen readers.
+            shorten(page, "javascript:alert(1)")
+            url_field = page.get_by_label("Long URL")
+            error = page.locator("#url-error")
+            expect(error).to_have_text("The URL must be an absolute http or https URL.")
+            expect(url_field).to_have_attribute("aria-invalid", "true")
+            expect(url_field).to_have_attribute("aria-describedby", re.compile(r"\burl-error\b"))
+            assert page.evaluate("document.activeElement.id") == "url"
+            page.screenshot(path=str(tmp_path / "field-error.png"))
+
+            # The short link leads to the target.
+            page.get_by_label("Long URL").fill("")
+            page.goto(short_url)
+            page.wait_for_url(f"{target_site}/landing")
+            expect(page.get_by_role("heading")).to_have_text("You have arrived")
+
+            page.goto(app.url + "/")
+            row = page.locator(f'#links-body tr[data-code="{code}"]')
+            expect(row).to_be_visible()
+            page.once("dialog", lambda dialog: dialog.accept())
+            row.get_by_role("button", name=f"Delete {code}").click()
+            expect(row).to_have_count(0)
+            expect(page.locator("#links-status")).to_have_text(f"{code} was deleted.")
+            expect(rows).to_have_count(2)
+            assert api_status(app, key, f"/api/v1/links/{code}") == 404
+
+            # Forgetting the key removes it from the browser.
+            page.get_by_role("button", name="Forget key").click()
+            expect(page.get_by_role("textbox", name="API key")).to_be_visible()
+            assert page.evaluate("localStorage.getItem('shortener.apiKey')") is None
+        finally:
+            browser.close()
+    assert problems == [], json.dumps(problems, indent=2)
+    assert SCREENSHOT.stat().st_size > 0
+
+
+def test_a_gone_link_shows_the_styled_page_without_details(
+    chromium: str, app: AppInstance, target_site: str, tmp_path: Path
+) -> None:
+    key = make_key(app)
+    body = json.dumps({"url": f"{target_site}/secret-plan", "alias": "launch"}).encode()
+    request = urllib.request.Request(
+        app.url + "/api/v1/links",
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+    delete = urllib.request.Request(
+        app.url + "/api/v1/links/launch",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    with urllib.request.urlopen(delete, timeout=10) as response:
+        assert response.status == 204
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 600})
+            response = page.goto(app.url + "/launch")
+            assert response is not None and response.status == 410
+            expect(page.get_by_role("heading", level=1)).to_have_text("Link gone")
+            assert "launch" not in page.content() and "secret-plan" not in page.content()
+            # The page's style sheet loaded under the CSP: the card has its background.
+            background = page.eval_on_selector(
+                ".card", "node => getComputedStyle(node).backgroundColor"
+            )
+            assert background == "rgb(255, 255, 255)"
+            page.screenshot(path=str(tmp_path / "gone.png"))
+        finally:
+            browser.close()
