@@ -9,6 +9,7 @@ function-scoped ``postgres_url`` and ``redis_url`` bring them back up for the ne
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import re
@@ -22,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any, Self
 
 import port_for
@@ -517,18 +519,34 @@ class AppInstanceFactory:
 
 
 class Nginx(_Service):
-    """nginx in the foreground, confined to its own prefix directory."""
+    """nginx in the foreground, confined to its own prefix directory.
 
-    def __init__(self, executable: str, prefix: Path, config_text: str, port: int) -> None:
-        (prefix / "tmp").mkdir(parents=True)
+    With ``confine=False`` the config is used as it is, with only ``daemon off`` added: it
+    must itself put its pid, temp paths and ``access_log`` under ``prefix``, as the
+    rendering of nginx/nginx.conf by nginx/render.py does.
+    """
+
+    def __init__(
+        self, executable: str, prefix: Path, config_text: str, port: int, *, confine: bool = True
+    ) -> None:
+        prefix.mkdir(parents=True)
         self.prefix = prefix
         self.url = f"http://{LOOPBACK}:{port}"
         self.config_path = prefix / "nginx.conf"
-        self.config_path.write_text(_confine_nginx_config(config_text, prefix))
+        self.access_log_path = prefix / "access.log"
+        # nginx's stub_status page, where the config has one (production() sets it).
+        self.status_url: str | None = None
         log_path = prefix / "error.log"
+        command = [executable, "-p", str(prefix), "-e", str(log_path)]
+        if confine:
+            (prefix / "tmp").mkdir()
+            self.config_path.write_text(_confine_nginx_config(config_text, prefix))
+        else:
+            self.config_path.write_text(config_text)
+            command += ["-g", "daemon off;"]
         log_file = log_path.open("a")
         executor = TCPExecutor(
-            [executable, "-p", str(prefix), "-e", str(log_path), "-c", str(self.config_path)],
+            [*command, "-c", str(self.config_path)],
             host=LOOPBACK,
             port=port,
             timeout=STARTUP_TIMEOUT,
@@ -583,16 +601,52 @@ class NginxFactory:
         port = self.port if port is None else port
         if str(port) not in config_text:
             raise ValueError(f"the nginx config must listen on 127.0.0.1:{port}")
+        return self._start(config_text, port, confine=True)
+
+    def production(self, upstreams: Sequence[str], *, port: int | None = None) -> Nginx:
+        """Starts nginx on nginx/nginx.conf itself, rendered by nginx/render.py: listening on
+        ``port`` (default ``self.port``), its status server on a free port (``status_url``),
+        proxying to ``upstreams`` ("127.0.0.1:PORT" each), its JSON access log at
+        ``access_log_path``."""
+        port = self.port if port is None else port
+        status_port = free_port()
+        render = _nginx_render_module()
+        config_text: str = render.render(
+            render.SOURCE.read_text(encoding="utf-8"),
+            prefix=self._prefix(port),
+            listen_port=port,
+            status_port=status_port,
+            upstreams=upstreams,
+        )
+        nginx = self._start(config_text, port, confine=False)
+        nginx.status_url = f"http://{LOOPBACK}:{status_port}/nginx_status"
+        return nginx
+
+    def _prefix(self, port: int) -> Path:
+        return self._directory / f"nginx-{len(self._instances)}-{port}"
+
+    def _start(self, config_text: str, port: int, *, confine: bool) -> Nginx:
         if port == self.port:
             self.port = free_port()
-        prefix = self._directory / f"nginx-{len(self._instances)}-{port}"
-        nginx = Nginx(self._executable, prefix, config_text, port)
+        nginx = Nginx(self._executable, self._prefix(port), config_text, port, confine=confine)
         self._instances.append(nginx)
         nginx.start()
         return nginx
 
     def close(self) -> None:
         _close_all(self._instances)
+
+
+def _nginx_render_module() -> ModuleType:
+    """nginx/render.py, loaded by path: nginx/ is not a package."""
+    spec = importlib.util.spec_from_file_location(
+        "nginx_render", PROJECT_ROOT / "nginx" / "render.py"
+    )
+    if spec is None or spec.loader is None:
+        raise ServiceError("cannot load nginx/render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _close_all(services: Sequence[_Service]) -> None:
