@@ -74,6 +74,24 @@ def free_port() -> int:
     return port
 
 
+def keys_create(
+    env: Mapping[str, str], name: str = "test", *, admin: bool = False, cwd: Path | None = None
+) -> str:
+    """Runs ``python -m shortener keys create`` with ``env`` and returns the key it printed
+    alone on its last line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "shortener", "keys", "create", "--name", name]
+        + (["--admin"] if admin else []),
+        env={**os.environ, **env},
+        cwd=cwd or PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
 def _debian_binary(path: str, apt_package: str) -> str:
     if not os.access(path, os.X_OK):
         pytest.fail(

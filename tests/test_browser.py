@@ -9,8 +9,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from tests import services
-from tests.services import PROJECT_ROOT, AppInstance, AppInstanceFactory
+from tests.services import PROJECT_ROOT, AppInstance, AppInstanceFactory, keys_create
 
 pytestmark = pytest.mark.slow
 
@@ -95,19 +93,6 @@ def app(
     return instance
 
 
-def make_key(app: AppInstance) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "shortener", "keys", "create", "--name", "browser"],
-        env={**os.environ, **app.env},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
-
-
 def api_status(app: AppInstance, key: str, path: str) -> int:
     request = urllib.request.Request(app.url + path, headers={"Authorization": f"Bearer {key}"})
     try:
@@ -125,7 +110,7 @@ def shorten(page: Page, url: str) -> None:
 def test_a_person_shortens_copies_scans_follows_and_deletes(
     chromium: str, app: AppInstance, target_site: str, tmp_path: Path
 ) -> None:
-    key = make_key(app)
+    key = keys_create(app.env, "browser")
     problems: list[str] = []
 
     def on_console(message: ConsoleMessage) -> None:
@@ -227,7 +212,7 @@ def test_a_person_shortens_copies_scans_follows_and_deletes(
 def test_a_gone_link_shows_the_styled_page_without_details(
     chromium: str, app: AppInstance, target_site: str, tmp_path: Path
 ) -> None:
-    key = make_key(app)
+    key = keys_create(app.env, "browser")
     body = json.dumps({"url": f"{target_site}/secret-plan", "alias": "launch"}).encode()
     request = urllib.request.Request(
         app.url + "/api/v1/links",

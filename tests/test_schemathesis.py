@@ -18,8 +18,7 @@ from schemathesis.checks import (
 )
 from schemathesis.schemas import BaseSchema
 
-from tests.services import AppInstance, AppInstanceFactory
-from tests.test_serve import keys_create
+from tests.services import AppInstance, AppInstanceFactory, keys_create
 
 pytestmark = pytest.mark.slow
 

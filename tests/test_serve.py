@@ -15,23 +15,9 @@ import asyncpg
 import pytest
 from mirakuru import HTTPExecutor
 
-from tests.services import AppInstance, free_port
+from tests.services import AppInstance, free_port, keys_create
 
 pytestmark = pytest.mark.slow
-
-
-def keys_create(env: dict[str, str], cwd: Path | None = None, admin: bool = False) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "shortener", "keys", "create", "--name", "test"]
-        + (["--admin"] if admin else []),
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout.strip().splitlines()[-1]
 
 
 async def shorten(base: str, key: str, **body: Any) -> dict[str, Any]:

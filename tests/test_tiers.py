@@ -240,7 +240,8 @@ def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
 ) -> None:
     import aiohttp
 
-    from tests.test_serve import keys_create, shorten
+    from tests.services import keys_create
+    from tests.test_serve import shorten
 
     env = {"SHORTENER_DATABASE_URL": postgres_url, "SHORTENER_REDIS_URL": redis_url}
     writer = app_instance_factory(env, workers=2)

@@ -34,8 +34,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -47,7 +45,6 @@ import pytest
 
 from tests.services import (
     NGINX,
-    PROJECT_ROOT,
     REDIS_SERVER,
     AppInstance,
     AppInstanceFactory,
@@ -58,6 +55,7 @@ from tests.services import (
     _postgres_bindir,
     _postgres_owned_tempdir,
     free_port,
+    keys_create,
 )
 
 INSTANCES = 3
@@ -137,7 +135,7 @@ class Topology:
                 for d in metrics_dirs
             ]
             nginx = nginx_factory.production([_address(i) for i in started], port=port)
-            admin_key = create_key(instance_env, "topology-admin", admin=True)
+            admin_key = keys_create(instance_env, "topology-admin", admin=True)
             yield cls(
                 url=nginx.url,
                 nginx=nginx,
@@ -202,22 +200,6 @@ class Topology:
                 if line.endswith("\n"):  # a line still being written is left for next time
                     entries.append(json.loads(line))
         return entries
-
-
-def create_key(env: Mapping[str, str], name: str, *, admin: bool = False) -> str:
-    """Runs ``python -m shortener keys create`` with ``env`` and returns the key it printed
-    alone on its last line."""
-    result = subprocess.run(
-        [sys.executable, "-m", "shortener", "keys", "create", "--name", name]
-        + (["--admin"] if admin else []),
-        env={**os.environ, **env},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout.strip().splitlines()[-1]
 
 
 def _address(instance: AppInstance) -> str:
