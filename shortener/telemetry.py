@@ -22,6 +22,9 @@ _MAX_REQUEST_ID = 128
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+LATENCIES = metrics.LatencyBatch(metrics.REQUEST_DURATION)
+
+
 def edge_middleware(observe: bool) -> Middleware:
     """Request id in and out and, if `observe`, each request's latency by route and status."""
 
@@ -51,9 +54,8 @@ def edge_middleware(observe: bool) -> Middleware:
 def _observe(request: web.Request, status: int, started: float) -> None:
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
-    metrics.REQUEST_DURATION.labels(
-        template, request.method, _STATUS_CLASSES.get(status // 100, "other")
-    ).observe(time.perf_counter() - started)
+    status_class = _STATUS_CLASSES.get(status // 100, "other")
+    LATENCIES.record((template, request.method, status_class), time.perf_counter() - started)
 
 
 async def sync_metrics(
@@ -64,6 +66,7 @@ async def sync_metrics(
     metrics.mark_build()
     store_checked = 0.0
     while True:
+        LATENCIES.publish()
         _publish(publisher, tiered, clicks, store)
         if time.monotonic() - store_checked >= 5:
             store_checked = time.monotonic()
