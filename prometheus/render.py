@@ -108,13 +108,15 @@ def render_alertmanager(
     group_wait: str | None = None,
     group_interval: str | None = None,
     repeat_interval: str | None = None,
+    resolve_timeout: str | None = None,
 ) -> str:
     """alertmanager.yml reading the Discord webhook from `webhook_url_file`.
 
     `inline_webhook_url` writes the file's URL into the result instead (webhook_url), for
     Alertmanager before 0.26, which has no webhook_url_file for Discord; the result then
     holds the secret, so keep it in a private temporary folder. The intervals shorten the
-    root route's timings, for a test that waits on a notification.
+    root route's timings, and `resolve_timeout` the global one, for a test that waits on a
+    notification.
     """
     config = _load(source)
     discord = [
@@ -146,6 +148,11 @@ def render_alertmanager(
             if key not in route:
                 raise RenderError(f"route has no {key} to override")
             route[key] = value
+    if resolve_timeout is not None:
+        settings = config.get("global")
+        if not isinstance(settings, dict) or "resolve_timeout" not in settings:
+            raise RenderError("alertmanager.yml has no global resolve_timeout to override")
+        settings["resolve_timeout"] = resolve_timeout
     return _dump(config)
 
 
@@ -204,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     alertmanager.add_argument("--group-wait")
     alertmanager.add_argument("--group-interval")
     alertmanager.add_argument("--repeat-interval")
+    alertmanager.add_argument("--resolve-timeout")
     args = parser.parse_args(argv)
 
     try:
@@ -226,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 group_wait=args.group_wait,
                 group_interval=args.group_interval,
                 repeat_interval=args.repeat_interval,
+                resolve_timeout=args.resolve_timeout,
             )
     except RenderError as exc:
         print(f"render.py: {exc}", file=sys.stderr)

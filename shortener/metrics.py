@@ -88,7 +88,8 @@ CLICKS_BUFFERED = Gauge(
 CLICKS_FLUSHED = Counter("shortener_clicks_flushed_total", "Clicks written to the store.")
 CLICKS_DROPPED = Counter(
     "shortener_clicks_dropped_total",
-    "Clicks dropped because the in-memory buffer was full while the store was down.",
+    "Clicks dropped because the in-memory buffer was full (too many distinct codes between "
+    "flushes, most likely while the store was down).",
 )
 BUILD_INFO = Gauge(
     "shortener_build_info",

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from shortener import metrics
+from shortener.cache.redis import OPERATIONS
 from shortener.cache.tiered import TieredCache
 from shortener.links.clicks import ClickCounter
 from shortener.logs import REQUEST_ID
@@ -64,6 +65,11 @@ async def sync_metrics(
     """Publishes the components' counters and gauges every `interval` until cancelled."""
     publisher = metrics.Publisher()
     metrics.mark_build()
+    # Every series exists from the start, at zero, so dashboards show 0 rather than no data.
+    if tiered.l2 is not None:
+        for operation in OPERATIONS:
+            metrics.REDIS_ERRORS.labels(operation)
+        metrics.L1_FLUSHES.labels("resubscribed")
     store_checked = 0.0
     while True:
         LATENCIES.publish()

@@ -16,7 +16,7 @@ from shortener.auth import create_key
 from shortener.config import Settings
 from tests.contract import ContractClient
 
-pytest_plugins = ["tests.services", "tests.topology"]
+pytest_plugins = ["tests.services", "tests.topology", "tests.monitoring"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

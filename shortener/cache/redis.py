@@ -27,6 +27,8 @@ from shortener.links.model import MISSING, Lookup, Target
 log = logging.getLogger(__name__)
 
 CHANNEL = "shortener:invalidate"
+# What can fail, as the errors counter names it.
+OPERATIONS = ("get", "put", "publish", "backlog_full")
 KEY_PREFIX = "shortener:link:"
 _MISSING = b"-"
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -205,8 +207,9 @@ class RedisTier:
             # Messages published while we were not subscribed are lost for good (pub/sub is
             # at-most-once), so everything L1 holds may be stale: start it afresh.
             await self._publish_pending()
+            if len(self._l1):
+                self.flushes += 1
             self._l1.flush()
-            self.flushes += 1
             self.subscribed = True
             log.info("subscribed to invalidations; L1 flushed")
 
