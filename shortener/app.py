@@ -19,14 +19,14 @@ from shortener.links.clicks import ClickCounter
 from shortener.links.policy import DestinationPolicy
 from shortener.links.service import LinkService
 from shortener.store import Store, make_store
-from shortener.telemetry import edge_middleware, sync_metrics
+from shortener.telemetry import sync_metrics
 from shortener.web import MAX_BODY_BYTES
 from shortener.web.api import LinksApi
 from shortener.web.blocklist import BlocklistApi
 from shortener.web.callers import Callers
+from shortener.web.middleware import edge_middleware
 from shortener.web.ops import Operations
-from shortener.web.page import Page, security_headers_middleware
-from shortener.web.problems import problems_middleware
+from shortener.web.page import Page
 from shortener.web.qr import QrCodes
 from shortener.web.ratelimit import RateLimiter
 from shortener.web.redirect import Redirects
@@ -59,12 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     service = LinkService(store, tiered, policy)
 
     app = web.Application(
-        middlewares=[
-            edge_middleware(settings.metrics),
-            security_headers_middleware,
-            problems_middleware,
-        ],
-        client_max_size=MAX_BODY_BYTES,
+        middlewares=[edge_middleware(settings.metrics)], client_max_size=MAX_BODY_BYTES
     )
     app[SETTINGS] = settings
     app[STORE] = store
@@ -83,6 +78,8 @@ def create_app(settings: Settings) -> web.Application:
     qr = QrCodes(settings, service, callers)
     app.add_routes(
         [
+            # The hot path first: the dispatcher tries routes in order.
+            web.get("/{code}", redirects.follow),
             web.get("/", page.index),
             web.get("/static/{name}", page.static),
             web.get("/healthz", ops.healthz),
@@ -98,7 +95,6 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/api/v1/blocklist", blocklist.list),
             web.post("/api/v1/blocklist", blocklist.add),
             web.delete("/api/v1/blocklist/{domain}", blocklist.remove),
-            web.get("/{code}", redirects.follow),
         ]
     )
     app.cleanup_ctx.append(_store_lifecycle)

@@ -170,3 +170,7 @@ class LatencyBatch:
             for bucket, count in zip(child._buckets, counts[:-1], strict=True):
                 if count:
                     bucket.inc(count)
+
+
+# Every worker's request latencies, recorded by the edge middleware, published by the sync.
+REQUEST_LATENCIES = LatencyBatch(REQUEST_DURATION)

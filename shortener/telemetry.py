@@ -1,62 +1,15 @@
-"""The edge of every request (request id, latency) and the once-a-second metrics sync."""
+"""The once-a-second sync of the counters components keep into the exported metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
-from collections.abc import Awaitable, Callable
-
-from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from shortener import metrics
 from shortener.cache.redis import OPERATIONS
 from shortener.cache.tiered import TieredCache
 from shortener.links.clicks import ClickCounter
-from shortener.logs import REQUEST_ID
 from shortener.store import Store
-
-_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
-_MAX_REQUEST_ID = 128
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-LATENCIES = metrics.LatencyBatch(metrics.REQUEST_DURATION)
-
-
-def edge_middleware(observe: bool) -> Middleware:
-    """Request id in and out and, if `observe`, each request's latency by route and status."""
-
-    @web.middleware
-    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        request_id = request.headers.get("X-Request-ID", "")
-        if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
-            request_id = secrets.token_hex(8)
-        REQUEST_ID.set(request_id)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            # Only redirects and other non-errors escape the problems middleware.
-            exc.headers["X-Request-ID"] = request_id
-            if observe:
-                _observe(request, exc.status, started)
-            raise
-        response.headers["X-Request-ID"] = request_id
-        if observe:
-            _observe(request, response.status, started)
-        return response
-
-    return edge
-
-
-def _observe(request: web.Request, status: int, started: float) -> None:
-    route = request.match_info.route.resource
-    template = route.canonical if route is not None else "unmatched"
-    status_class = _STATUS_CLASSES.get(status // 100, "other")
-    LATENCIES.record((template, request.method, status_class), time.perf_counter() - started)
 
 
 async def sync_metrics(
@@ -72,7 +25,7 @@ async def sync_metrics(
         metrics.L1_FLUSHES.labels("resubscribed")
     store_checked = 0.0
     while True:
-        LATENCIES.publish()
+        metrics.REQUEST_LATENCIES.publish()
         _publish(publisher, tiered, clicks, store)
         if time.monotonic() - store_checked >= 5:
             store_checked = time.monotonic()

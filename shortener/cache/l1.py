@@ -25,10 +25,13 @@ class L1Cache:
         return now + (self._negative_ttl if value is MISSING else self._ttl)
 
     def get(self, code: str) -> Lookup | None:
-        value = self._entries.get(code)
-        if value is None:
+        # Indexing, not .get(): cachetools' get() checks membership first, a second lookup.
+        try:
+            value = self._entries[code]
+        except KeyError:
             self.misses += 1
-        elif value is MISSING:
+            return None
+        if value is MISSING:
             self.negatives += 1
         else:
             self.hits += 1

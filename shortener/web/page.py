@@ -122,13 +122,3 @@ class Page:
         if asset is None:
             raise not_found("No such file.")
         return asset.response(request, IMMUTABLE)
-
-
-@web.middleware
-async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Browser protections on every response a browser could render: all but redirects."""
-    response = await handler(request)
-    # A redirect has no body to protect, and it is the hot path: it goes out untouched.
-    if not 300 <= response.status < 400:
-        response.headers.update(SECURITY_HEADERS)
-    return response

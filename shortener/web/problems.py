@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -17,7 +16,6 @@ log = logging.getLogger(__name__)
 PROBLEM_TYPE_PREFIX = "urn:shortener:problem:"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _PAGES = {
     404: ("Link not found", "There is no short link at this address."),
@@ -93,21 +91,19 @@ def from_http_exception(exc: web.HTTPException) -> Problem:
     return Problem(exc.status, slug, exc.reason, detail, headers=headers)
 
 
-@web.middleware
-async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return render(request, problem)
-    except StoreUnavailable as exc:
+def response_for(request: web.Request, exc: Exception) -> web.Response:
+    """The response for an error a handler raised: always a problem, never a traceback."""
+    if isinstance(exc, Problem):
+        return render(request, exc)
+    if isinstance(exc, StoreUnavailable):
         log.warning("store unavailable: %s", exc)
         return render(request, unavailable("The link store is unavailable; try again shortly."))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            # A redirect raised as an exception is an answer, not an error.
+            return web.Response(status=exc.status, headers=exc.headers, text=exc.text)
         return render(request, from_http_exception(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return render(
-            request, Problem(500, "internal", "Internal error", "Something went wrong on our side.")
-        )
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return render(
+        request, Problem(500, "internal", "Internal error", "Something went wrong on our side.")
+    )

@@ -48,11 +48,10 @@ class Redirects:
                 return render(request, rate_limited(wait))
 
         code = request.match_info["code"]
-        if CODE_SHAPE.fullmatch(code) is None:
-            return await self._not_found(request)
-
-        target = self._l1.get(code)
+        target = self._l1.get(code)  # only well-formed codes ever enter L1
         if target is None:
+            if CODE_SHAPE.fullmatch(code) is None:
+                return await self._not_found(request)
             target = await self._tiered.load(code)  # L2, then the store
 
         if target is MISSING:
