@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     app.cleanup_ctx.append(_store_lifecycle)
+    app.cleanup_ctx.append(_limiter_lifecycle)
     app.cleanup_ctx.append(_click_flusher)
     app.cleanup_ctx.append(_metrics_sync)
     if l2 is not None:
@@ -111,6 +112,10 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await store.migrate()
     yield
     await store.close()
+
+
+async def _limiter_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    yield
     await app[LIMITER].close()
 
 
