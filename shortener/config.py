@@ -43,9 +43,10 @@ class Settings:
     l1_size: int = 100_000
     # Unknown codes are remembered for less time than links, so a new alias shows up quickly.
     l1_negative_ttl: float = 5.0
-    # Redis keeps links longer than a worker does; writes replace entries in place.
+    # Redis keeps links longer than a worker does. Writes replace entries in place (a new
+    # alias replaces the cached "unknown"), so unknown codes can be kept as long as links.
     l2_ttl: float = 300.0
-    l2_negative_ttl: float = 10.0
+    l2_negative_ttl: float = 300.0
     click_flush_interval: float = 1.0
     # Counts kept for codes while the store is down; beyond this they are dropped and counted.
     click_buffer_max_codes: int = 100_000
