@@ -63,6 +63,8 @@ class RedisTier:
         self._subscriber = aioredis.Redis.from_url(
             url, socket_connect_timeout=max(timeout, 1.0), retry=no_retry
         )
+        # EVALSHA on the read path: the script is sent once, not with every miss.
+        self._put_if_newer = self._client.register_script(_PUT_IF_NEWER)
         self._ttl_ms = int(ttl * 1000)
         self._negative_ttl_ms = int(negative_ttl * 1000)
         self._l1 = l1
@@ -105,7 +107,8 @@ class RedisTier:
         if not self.breaker.allows():
             return
         try:
-            await self._client.eval(_PUT_IF_NEWER, 1, *self._put_args(code, value))
+            key, version, payload, ttl_ms = self._put_args(code, value)
+            await self._put_if_newer(keys=[key], args=[version, payload, ttl_ms])
         except _ERRORS as exc:
             self._failed("put", exc)
         else:

@@ -40,6 +40,8 @@ class RateLimiter:
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
             )
+            # EVALSHA: the script is sent once, not with every count.
+            self._count = self._client.register_script(_COUNT_IN_WINDOW)
         self._breaker = Breaker()
         self._local = _LocalBuckets()
 
@@ -53,9 +55,7 @@ class RateLimiter:
         """Counts one event; None when it is allowed, else the seconds until it would be."""
         if self._client is not None and self._breaker.allows():
             try:
-                reply = await self._client.eval(
-                    _COUNT_IN_WINDOW, 1, f"{_KEY_PREFIX}{scope}:{key}", _WINDOW_MS
-                )
+                reply = await self._count(keys=[f"{_KEY_PREFIX}{scope}:{key}"], args=[_WINDOW_MS])
             except _ERRORS:
                 self._breaker.failed()
             else:
