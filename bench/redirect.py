@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn
@@ -120,6 +120,8 @@ class WrkRun:
     cpu_us: float
     # The errors by wrk's kinds: connect, read, write, status (an answer >= 400), timeout.
     error_kinds: tuple[tuple[str, int], ...] = ()
+    # Every figure the Lua script printed, for a script that counts more than LUA_DONE does.
+    figures: Mapping[str, int] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +182,8 @@ class Processes:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self._started: list[tuple[subprocess.Popen[bytes], signal.Signals]] = []
+        # Each process by the name it was started under.
+        self.pids: dict[str, int] = {}
 
     def start(
         self,
@@ -199,6 +203,7 @@ class Processes:
                 start_new_session=True,
             )
         self._started.append((process, stop_signal))
+        self.pids[name] = process.pid
         return process
 
     def log_path(self, name: str) -> Path:
@@ -312,12 +317,14 @@ def postgres_version() -> str:
 # --- the servers -------------------------------------------------------------------------
 
 
-def app_env(database_url: str, l1_size: int) -> dict[str, str]:
+def app_env(database_url: str, l1_size: int, l1_ttl: float | None = 3600) -> dict[str, str]:
+    """The app's environment; `l1_ttl` None leaves the app's default L1 TTL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHORTENER_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if l1_ttl is not None:
+        env["SHORTENER_L1_TTL"] = f"{l1_ttl:g}"
     env.update(
         SHORTENER_DATABASE_URL=database_url,
-        SHORTENER_L1_TTL="3600",
         SHORTENER_L1_SIZE=str(l1_size),
         SHORTENER_LOG_LEVEL="warning",
         # Throughput, not abuse: the per-key create limit would answer 429 within a second.
@@ -500,6 +507,7 @@ def run_wrk(target: Target, options: Options, duration: int) -> WrkRun:
         wrong_status=figures["wrong"],
         cpu_us=cpu * 1e6 / max(figures["requests"], 1),
         error_kinds=kinds,
+        figures=figures,
     )
 
 
@@ -673,11 +681,14 @@ def _cpu_model() -> str:
     return platform.machine()
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replaces the section in the file, or appends it; the rest of the file is kept."""
+def write_section(path: Path, text: str, heading: str = SECTION) -> None:
+    """Replaces the section under `heading` in the file, or appends it; the rest is kept.
+
+    The file is read right before writing: other benchmarks write their own sections.
+    """
     existing = path.read_text() if path.exists() else INTRO
     lines = existing.rstrip("\n").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
     if start is None:
         kept_before, kept_after = lines, []
     else:
