@@ -353,17 +353,7 @@ setup = function(thread)
   thread:set("start", #bench_threads * math.floor(#paths / {threads}))
   table.insert(bench_threads, thread)
 end
-local prepared = {{}}
-local i = 0
-init = function(_)
-  for k, path in ipairs(paths) do prepared[k] = wrk.format("GET", path) end
-  i = start
-end
-request = function()
-  i = i % #prepared + 1
-  return prepared[i]
-end
-found, unknown, unexpected = 0, 0, 0
+{redirect.ROTATE_LUA}found, unknown, unexpected = 0, 0, 0
 response = function(status, _, _)
   if status == 302 then found = found + 1
   elseif status == 404 then unknown = unknown + 1
