@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from shortener.errors import Problem
 from shortener.links import codes
-from shortener.links.rules import parse_alias, parse_url
+from shortener.links.rules import parse_alias, parse_expires_at, parse_url
+from shortener.web.api import MAX_LINK_ID, decode_cursor, encode_cursor
 
 OWN = "sho.rt"
 
@@ -99,3 +100,58 @@ def test_alias_validator_never_crashes(raw: str) -> None:
         assert problem.status == 400
     else:
         assert codes.is_code(alias) and not codes.is_reserved(alias)
+
+
+# Hosts in brackets, well formed or not: IPv6, IPv4, mixed, unclosed, with ports.
+_BRACKETED = st.builds(
+    lambda inside, close, port, path: f"http://[{inside}{close}{port}/{path}",
+    st.from_regex(r"[0-9a-fA-F:.%]{0,40}", fullmatch=True),
+    st.sampled_from(["]", "", "]]", "[]"]),
+    st.sampled_from(["", ":80", ":0", ":99999", ":"]),
+    st.text(alphabet="abc/?#", max_size=5),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_BRACKETED, st.ip_addresses().map(lambda ip: f"http://[{ip}]/")))
+def test_url_validator_never_crashes_on_bracketed_hosts(raw: str) -> None:
+    try:
+        url = parse_url(raw, OWN)
+    except Problem as problem:
+        assert problem.status == 400
+    else:
+        assert url.isascii() and url.startswith("http://[")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(),
+    st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1),
+    st.sampled_from(["T", "t", " "]),
+)
+def test_expiry_validator_never_crashes_at_extreme_offsets(
+    moment: object, offset_minutes: int, separator: str
+) -> None:
+    sign = "-" if offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    raw = f"{moment:%Y-%m-%d}{separator}{moment:%H:%M:%S}{sign}{hours:02d}:{minutes:02d}"
+    try:
+        parse_expires_at(raw)
+    except Problem as problem:
+        assert problem.status == 400
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.integers(min_value=0, max_value=10**25).map(encode_cursor),
+        st.text(max_size=40),
+    )
+)
+def test_cursor_decoder_never_passes_an_id_the_stores_cannot_hold(raw: str) -> None:
+    try:
+        link_id = decode_cursor(raw)
+    except Problem as problem:
+        assert problem.status == 400
+    else:
+        assert 0 <= link_id <= MAX_LINK_ID

@@ -106,7 +106,10 @@ def parse_url(raw: object, own_host: str) -> str:
         raise invalid("url", "must not contain whitespace or control characters")
     if "\\" in raw:
         raise invalid("url", "must not contain backslashes")
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # an unclosed or invalid bracketed host: http://[::1, http://[1.2.3.4]/
+        raise invalid("url", "has a host that is not a valid address or name") from None
     if parts.scheme.lower() not in {"http", "https"}:
         raise invalid("url", "must be an absolute http or https URL")
     if not raw[len(parts.scheme) :].startswith("://") or not parts.netloc:
@@ -186,10 +189,11 @@ def parse_expires_at(raw: object) -> datetime:
             "expires_at", "must be an RFC 3339 date-time with an offset, like 2030-01-01T00:00:00Z"
         )
     try:
-        moment = datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(raw.upper().replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         raise invalid("expires_at", "is not a real date and time") from None
-    moment = moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is past the year 9999 in UTC
+        raise invalid("expires_at", "must fall within the years 1 to 9999 in UTC") from None
     if moment <= datetime.now(UTC):
         raise invalid("expires_at", "must be in the future")
     return moment

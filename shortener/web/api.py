@@ -22,6 +22,7 @@ from shortener.web.ratelimit import RateLimiter, client_address
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
+MAX_LINK_ID = 2**63 - 1
 
 
 class LinksApi:
@@ -65,10 +66,10 @@ class LinksApi:
     async def list(self, request: web.Request) -> web.Response:
         caller = await self._callers.require(request)
         limit = _parse_limit(request.query.get("limit"))
-        before = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
+        before = decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
         links = await self._service.list(caller, limit + 1, before)
         page = links[:limit]
-        next_cursor = _encode_cursor(page[-1].id) if len(links) > limit else None
+        next_cursor = encode_cursor(page[-1].id) if len(links) > limit else None
         body = {"items": [self.link_json(link) for link in page], "next_cursor": next_cursor}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -135,16 +136,17 @@ def _parse_limit(raw: str | None) -> int:
     return int(raw)
 
 
-def _encode_cursor(link_id: int) -> str:
+def encode_cursor(link_id: int) -> str:
     return base64.urlsafe_b64encode(f"id:{link_id}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(raw: str) -> int:
+def decode_cursor(raw: str) -> int:
     try:
         decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         decoded = ""
     prefix, _, number = decoded.partition(":")
-    if prefix != "id" or not number.isdigit() or len(number) > 19:
+    # Link ids are 64-bit; a larger number could only reach the store to overflow there.
+    if prefix != "id" or not number.isdigit() or len(number) > 19 or int(number) > MAX_LINK_ID:
         raise invalid("cursor", "is not a cursor this API gave out")
     return int(number)
