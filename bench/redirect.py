@@ -39,13 +39,11 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,17 +52,29 @@ from typing import IO, NoReturn
 import aiohttp
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devservices, in the checkout
+
+from devservices.app import AppInstance, HttpProcess, keys_create
+from devservices.postgres import PostgresServer, postgres_bindir
+from devservices.processes import (
+    Server,
+    ServiceError,
+    close_all,
+    debian_binary,
+    free_port,
+    log_tail,
+    pin,
+)
+from devservices.redis import REDIS_SERVER
+
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 SERVER_CPU = "1"
 CLIENT_CPU = "0"
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 # Every seeded link has this shape; bench/bare.py answers with the first, so lengths match.
 SEED_URL = "https://example.com/bench/landing/page-{:04d}?utm_source=bench&utm_medium=wrk"
 MIN_LINKS = 256
 WARMUP_SECONDS = 2
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 TARGET_RATIO = 0.90
 # Per-round app/bare ratios further apart than this mean the machine was busy during the run.
 NOISY_SPREAD = 0.15
@@ -177,96 +187,48 @@ class Results:
 
 
 class Processes:
-    """Every server the benchmark starts, each in its own session so its group can be killed."""
+    """Every server the benchmark starts (devservices starters), stopped together."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self._started: list[tuple[subprocess.Popen[bytes], signal.Signals]] = []
+        self._started: list[Server] = []
+        self._logs: dict[str, Path] = {}
+        self._cleanups: list[Callable[[], object]] = []
         # Each process by the name it was started under.
         self.pids: dict[str, int] = {}
 
-    def start(
-        self,
-        name: str,
-        command: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        stop_signal: signal.Signals = signal.SIGTERM,
-    ) -> subprocess.Popen[bytes]:
-        with self.log_path(name).open("wb") as log:
-            process = subprocess.Popen(
-                list(command),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._started.append((process, stop_signal))
-        self.pids[name] = process.pid
-        return process
-
-    def log_path(self, name: str) -> Path:
-        return self.workdir / f"{name}.log"
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        text = self.log_path(name).read_text(errors="replace").splitlines()[-lines:]
-        return f"--- last lines of {name}.log ---\n" + "\n".join(text)
+    def start(self, name: str, service: Server, cleanup: Callable[[], object] | None = None) -> int:
+        """Starts ``service``, pins it (and all it forks later) to SERVER_CPU; its pid."""
+        self._started.append(service)
+        self._logs[name] = service.log_path
+        if cleanup is not None:
+            self._cleanups.append(cleanup)
+        try:
+            service.start()
+        except ServiceError as exc:
+            raise BenchError(str(exc)) from None
+        pin(service.pid, {int(SERVER_CPU)})
+        self.pids[name] = service.pid
+        return service.pid
 
     def log_tails(self) -> str:
-        return "\n".join(self.log_tail(log.stem) for log in sorted(self.workdir.glob("*.log")))
+        return "\n".join(log_tail(path, 30) for path in self._logs.values())
 
     def stop_all(self) -> None:
-        while self._started:
-            process, stop_signal = self._started.pop()
-            _stop_group(process, stop_signal)
-
-
-def _stop_group(process: subprocess.Popen[bytes], stop_signal: signal.Signals) -> None:
-    """Signals the whole group, waits for its leader, then kills whatever is left of it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, stop_signal)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_TIMEOUT)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+        try:
+            close_all(self._started[::-1])
+        finally:
+            self._started.clear()
+            for cleanup in self._cleanups:
+                cleanup()
 
 
 def _raise_on_sigterm(_signum: int, _frame: object) -> NoReturn:
     raise SystemExit("stopped by SIGTERM")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def pinned(cpu: str, command: Sequence[str]) -> list[str]:
     return ["taskset", "-c", cpu, *command]
-
-
-def wait_until(ready: Iterator[bool], process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    for ok in ready:
-        if ok:
-            return
-        if process.poll() is not None:
-            raise BenchError(f"{what} exited with code {process.returncode} while starting")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} not ready after {STARTUP_TIMEOUT:.0f} s")
-        time.sleep(0.1)
-
-
-def _http_ready(port: int, path: str) -> Iterator[bool]:
-    while True:
-        try:
-            status, _, _ = request(port, "GET", path)
-            yield status == 200
-        except OSError:
-            yield False
 
 
 # --- PostgreSQL --------------------------------------------------------------------------
@@ -274,42 +236,17 @@ def _http_ready(port: int, path: str) -> Iterator[bool]:
 
 def start_postgres(processes: Processes) -> str:
     """A private cluster on a free port; returns its URL."""
-    home = processes.workdir / "pg"
-    home.mkdir()
-    shutil.chown(home, "postgres", "postgres")
-    data = home / "data"
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-    initdb += ["-E", "UTF8", "--no-locale", "--no-sync"]
-    subprocess.run([*as_postgres, *initdb], check=True, capture_output=True, timeout=120)
-    port = free_port()
-    server = [str(POSTGRES_BIN / "postgres"), "-D", str(data), "-p", str(port)]
-    server += ["-h", LOOPBACK, "-k", str(home), "-c", "fsync=off", "-c", "full_page_writes=off"]
-    process = processes.start(
-        "postgres", pinned(SERVER_CPU, [*as_postgres, *server]), stop_signal=signal.SIGINT
-    )
-    wait_until(_postgres_ready(port), process, "postgres")
-    return f"postgresql://postgres@{LOOPBACK}:{port}/postgres"
-
-
-def _postgres_ready(port: int) -> Iterator[bool]:
-    command = [
-        str(POSTGRES_BIN / "pg_isready"),
-        "-q",
-        "-h",
-        LOOPBACK,
-        "-p",
-        str(port),
-        "-U",
-        "postgres",
-    ]
-    while True:
-        yield subprocess.run(command, check=False, timeout=10).returncode == 0
+    server = PostgresServer.create(processes.workdir)
+    processes.start("postgres", server, lambda: shutil.rmtree(server.base_dir, ignore_errors=True))
+    return server.url("postgres")
 
 
 def postgres_version() -> str:
     out = subprocess.run(
-        [str(POSTGRES_BIN / "postgres"), "--version"], capture_output=True, text=True, check=True
+        [str(postgres_bindir() / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return out.stdout.split()[2]  # "postgres (PostgreSQL) 15.x (Debian ...)"
 
@@ -333,57 +270,31 @@ def app_env(database_url: str, l1_size: int, l1_ttl: float | None = 3600) -> dic
     return env
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    port: int
-    pid: int  # taskset execs the server, so this is the server's own process
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system time the process has used so far, all its threads included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_app(processes: Processes, name: str, env: Mapping[str, str]) -> Server:
-    port = free_port()
-    command = [sys.executable, "-m", "shortener", "serve", "--workers", "1", "--port", str(port)]
-    process = processes.start(name, pinned(SERVER_CPU, command), env)
-    try:
-        wait_until(_http_ready(port, "/healthz"), process, name)
-    except BenchError as exc:
-        raise BenchError(f"{exc}\n{processes.log_tail(name)}") from None
-    return Server(port, process.pid)
+def start_app(processes: Processes, name: str, env: Mapping[str, str]) -> AppInstance:
+    app = AppInstance(env, workers=1, port=free_port(), log_path=processes.workdir / f"{name}.log")
+    processes.start(name, app)
+    return app
 
 
-def start_bare(processes: Processes) -> Server:
+def start_bare(processes: Processes) -> HttpProcess:
     port = free_port()
     command = [sys.executable, str(ROOT / "bench" / "bare.py"), "--port", str(port)]
     command += ["--location", SEED_URL.format(0)]
-    process = processes.start("bare", pinned(SERVER_CPU, command))
-    wait_until(_bare_ready(port), process, "bare")
-    return Server(port, process.pid)
-
-
-def _bare_ready(port: int) -> Iterator[bool]:
-    while True:
-        try:
-            yield request(port, "GET", "/ready")[0] == 302
-        except OSError:
-            yield False
+    bare = HttpProcess(
+        "bare", command, port, processes.workdir / "bare.log", ready_path="/ready", status="302"
+    )
+    processes.start("bare", bare)
+    return bare
 
 
 def create_key(env: Mapping[str, str]) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "shortener", "keys", "create", "--name", "bench"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    return keys_create(env, "bench")
 
 
 # --- HTTP: seeding, warming, checking ----------------------------------------------------
@@ -733,9 +644,14 @@ def _positive(raw: str) -> int:
 
 
 def check_machine() -> None:
-    missing = [tool for tool in ("wrk", "taskset", "runuser") if shutil.which(tool) is None]
-    if missing or not (POSTGRES_BIN / "postgres").exists():
-        raise BenchError(f"missing tools: {missing or [str(POSTGRES_BIN / 'postgres')]}")
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        raise BenchError(f"missing tools: {missing}")
+    try:
+        postgres_bindir()
+        debian_binary(REDIS_SERVER, "redis-server")
+    except ServiceError as exc:
+        raise BenchError(str(exc)) from None
     if not {int(CLIENT_CPU), int(SERVER_CPU)} <= os.sched_getaffinity(0):
         raise BenchError(f"needs CPUs {CLIENT_CPU} and {SERVER_CPU} to pin wrk and the servers")
 

@@ -61,14 +61,13 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -78,22 +77,21 @@ import asyncpg
 import redirect
 from redirect import (
     CLIENT_CPU,
-    LOOPBACK,
     SERVER_CPU,
     BenchError,
     Figure,
     Options,
     Processes,
-    Server,
     Target,
     WrkRun,
-    pinned,
     run_wrk,
     say,
     start_app,
     start_postgres,
 )
 
+from devservices.app import AppInstance
+from devservices.redis import REDIS_SERVER, RedisServer
 from shortener.cache.l1 import L1Cache
 from shortener.config import Settings
 from shortener.links.codes import ALPHABET, GENERATED_LENGTH, is_reserved
@@ -250,24 +248,13 @@ RESULTS = ("hit", "negative", "miss")
 # --- Redis, the schema and the links ------------------------------------------------------
 
 
-def start_redis(processes: Processes) -> tuple[str, Server]:
+def start_redis(processes: Processes) -> tuple[str, RedisServer]:
     """A redis-server on a free port with no persistence; returns its URL."""
-    port = redirect.free_port()
-    command = ["redis-server", "--port", str(port), "--bind", LOOPBACK, "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(processes.workdir), "--daemonize", "no"]
-    process = processes.start("redis", pinned(SERVER_CPU, command))
-    redirect.wait_until(_redis_ready(port), process, "redis-server")
-    return f"redis://{LOOPBACK}:{port}/0", Server(port, process.pid)
-
-
-def _redis_ready(port: int) -> Iterator[bool]:
-    while True:
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                yield sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            yield False
+    directory = processes.workdir / "redis"
+    directory.mkdir()
+    redis = RedisServer(REDIS_SERVER, directory, redirect.free_port())
+    processes.start("redis", redis)
+    return redis.url, redis
 
 
 def migrate(database_url: str) -> None:
@@ -548,7 +535,7 @@ def measure(plan: Plan, processes: Processes, mix: Mix) -> dict[str, Measured]:
     }
 
 
-def cover(app: Server, workdir: Path, paths: Sequence[str], options: Options) -> None:
+def cover(app: AppInstance, workdir: Path, paths: Sequence[str], options: Options) -> None:
     """Requests every path at least once: wrk, one thread, over what is left of the list."""
     single = dataclasses.replace(options, threads=1)
     left = list(paths)

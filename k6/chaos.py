@@ -2,7 +2,7 @@
 
     python k6/chaos.py [--base-rate 100] [--peak-rate 1000] [--phase 15] [--no-docs]
 
-Starts the topology of tests/topology.py on 127.0.0.1 (its own PostgreSQL, a redis-server
+Starts the topology of devservices/topology.py on 127.0.0.1 (its own PostgreSQL, a redis-server
 this script holds so it can kill it, nginx, 3 instances of 2 gunicorn workers, with the
 per-key create and per-address not-found limits raised) and runs k6/spike.js against nginx.
 k6 tags every request with the phase it starts in; this script does what each phase says at
@@ -52,13 +52,14 @@ from harness import (
     write_section,
 )
 
-from tests.services import REDIS_SERVER, RedisServer, free_port
-from tests.topology import Topology
+from devservices.processes import free_port
+from devservices.redis import REDIS_SERVER, RedisServer
+from devservices.topology import Topology
 
 SECTION = "## Chaos"
 INTRO = """\
 Written by `python k6/chaos.py` (see [k6/README.md](../k6/README.md)). k6/spike.js runs through
-nginx against the topology of tests/topology.py (3 instances x 2 gunicorn workers, PostgreSQL,
+nginx against the topology of devservices/topology.py (3 instances x 2 gunicorn workers, PostgreSQL,
 Redis, all on this 2-core machine with k6 itself), with the per-key create and per-address
 not-found limits raised (`SHORTENER_CREATES_PER_KEY_PER_MINUTE` and
 `SHORTENER_NOT_FOUND_PER_MINUTE` = 1000000: k6 is one key on 127.0.0.1). Mid-spike, instance 1

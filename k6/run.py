@@ -2,7 +2,7 @@
 
     python k6/run.py spike [-e PEAK_RATE=1500 -e HOLD=20 ...] [--instances 3] [--workers 2]
 
-Starts the topology of tests/topology.py on 127.0.0.1 with a PostgreSQL and a redis-server of
+Starts the topology of devservices/topology.py on 127.0.0.1 with a PostgreSQL and a redis-server of
 its own (nginx in front of 3 instances of 2 gunicorn workers), with the per-key create and
 per-address not-found limits raised (k6 is one key on one address), runs ``k6/<script>.js``
 against nginx with the admin key, prints k6's summary and a markdown table per request type,
@@ -30,7 +30,7 @@ from harness import (
     type_table,
 )
 
-from tests.topology import Topology
+from devservices.topology import Topology
 
 SCRIPTS = ("smoke", "load", "spike", "stress", "soak")
 

@@ -35,11 +35,11 @@ from tests.services import (
     LOOPBACK,
     PROJECT_ROOT,
     STARTUP_TIMEOUT,
+    Service,
     ServiceError,
-    _close_all,
-    _debian_binary,
-    _Service,
+    close_all,
     free_port,
+    installed,
 )
 
 PROMETHEUS = "/usr/bin/prometheus"
@@ -117,7 +117,7 @@ class Sample:
     value: float
 
 
-class Prometheus(_Service):
+class Prometheus(Service):
     """Prometheus on 127.0.0.1:``port`` with ``config_text``, its data in ``directory``."""
 
     def __init__(self, executable: str, directory: Path, config_text: str, port: int) -> None:
@@ -218,13 +218,13 @@ class PrometheusFactory:
         return prometheus
 
     def close(self) -> None:
-        _close_all(self._instances)
+        close_all(self._instances)
 
 
 # Alertmanager ------------------------------------------------------------------------------
 
 
-class Alertmanager(_Service):
+class Alertmanager(Service):
     """Alertmanager on 127.0.0.1:``port``, alone (no cluster), with ``config_text``."""
 
     def __init__(self, executable: str, directory: Path, config_text: str, port: int) -> None:
@@ -287,13 +287,13 @@ class AlertmanagerFactory:
         return alertmanager
 
     def close(self) -> None:
-        _close_all(self._instances)
+        close_all(self._instances)
 
 
 # exporters ---------------------------------------------------------------------------------
 
 
-class Exporter(_Service):
+class Exporter(Service):
     """An exporter listening on 127.0.0.1:``port``; ``address`` is its scrape target."""
 
     def __init__(
@@ -321,13 +321,13 @@ class ExporterFactory:
         self._instances: list[Exporter] = []
 
     def redis(self, redis_url: str) -> Exporter:
-        executable = _debian_binary(REDIS_EXPORTER, "prometheus-redis-exporter")
+        executable = installed(REDIS_EXPORTER, "prometheus-redis-exporter")
         port = free_port()
         command = [executable, f"-redis.addr={redis_url}", f"-web.listen-address={LOOPBACK}:{port}"]
         return self._start("redis-exporter", command, port)
 
     def postgres(self, postgres_url: str) -> Exporter:
-        executable = _debian_binary(POSTGRES_EXPORTER, "prometheus-postgres-exporter")
+        executable = installed(POSTGRES_EXPORTER, "prometheus-postgres-exporter")
         port = free_port()
         command = [executable, f"--web.listen-address={LOOPBACK}:{port}"]
         separator = "&" if "?" in postgres_url else "?"
@@ -335,7 +335,7 @@ class ExporterFactory:
         return self._start("postgres-exporter", command, port, {"DATA_SOURCE_NAME": dsn})
 
     def nginx(self, status_url: str) -> Exporter:
-        executable = _debian_binary(NGINX_EXPORTER, "prometheus-nginx-exporter")
+        executable = installed(NGINX_EXPORTER, "prometheus-nginx-exporter")
         port = free_port()
         command = [
             executable,
@@ -360,7 +360,7 @@ class ExporterFactory:
         return exporter
 
     def close(self) -> None:
-        _close_all(self._instances)
+        close_all(self._instances)
 
 
 # Discord -----------------------------------------------------------------------------------
@@ -470,7 +470,7 @@ class DiscordStub:
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[PrometheusFactory]:
     """Starts Prometheus processes (see :class:`PrometheusFactory`); stopped at teardown."""
-    factory = PrometheusFactory(_debian_binary(PROMETHEUS, "prometheus"), tmp_path)
+    factory = PrometheusFactory(installed(PROMETHEUS, "prometheus"), tmp_path)
     try:
         yield factory
     finally:
@@ -480,7 +480,7 @@ def prometheus_factory(tmp_path: Path) -> Iterator[PrometheusFactory]:
 @pytest.fixture
 def alertmanager_factory(tmp_path: Path) -> Iterator[AlertmanagerFactory]:
     """Starts Alertmanager processes (see :class:`AlertmanagerFactory`); stopped at teardown."""
-    executable = _debian_binary(ALERTMANAGER, "prometheus-alertmanager")
+    executable = installed(ALERTMANAGER, "prometheus-alertmanager")
     factory = AlertmanagerFactory(executable, tmp_path)
     try:
         yield factory

@@ -1,7 +1,7 @@
 """The production topology under load: when an instance or a worker dies, no redirect fails.
 
-Real processes (tests/topology.py): nginx on nginx/nginx.conf in front of three instances of
-two gunicorn workers. A bounded, paced load runs through nginx (about 90% redirects over
+Real processes (devservices/topology.py): nginx on nginx/nginx.conf in front of three instances
+of two gunicorn workers. A bounded, paced load runs through nginx (about 90% redirects over
 seeded links, 10% creates) while a process is SIGKILLed. Each request carries its index as
 X-Request-ID, which nginx's JSON access log records beside every upstream it tried, so each
 request's send time on the load's clock is joined to where nginx sent it. docs/RESILIENCE.md
