@@ -6,12 +6,15 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 T = TypeVar("T")
 
 DEFAULT_SQLITE_URL = "sqlite:///shortener.db"
+# Links to private and local network addresses: allowed, denied without an API key, denied.
+PRIVATE_TARGET_MODES = ("allow", "deny-keyless", "deny")
 
 
 class ConfigError(Exception):
@@ -276,9 +279,22 @@ def _networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _blocklist_file(raw: str) -> tuple[str, ...]:
-    from shortener.links.policy import load_blocklist
+def normalise_domain(raw: str) -> str:
+    """A domain as the blocklist keeps it: trimmed, lower case, no trailing dot."""
+    domain = raw.strip().rstrip(".").lower()
+    if not domain or any(char.isspace() or char in "/:@" for char in domain):
+        raise ValueError(f"{raw!r} is not a domain name")
+    return domain
 
+
+def load_blocklist(path: str) -> list[str]:
+    """One domain a line; blank lines and # comments are skipped."""
+    lines = Path(path).read_text("utf-8").splitlines()
+    entries = (line.split("#", 1)[0].strip() for line in lines)
+    return [normalise_domain(entry) for entry in entries if entry]
+
+
+def _blocklist_file(raw: str) -> tuple[str, ...]:
     try:
         return tuple(load_blocklist(raw))
     except OSError as exc:
@@ -286,8 +302,6 @@ def _blocklist_file(raw: str) -> tuple[str, ...]:
 
 
 def _private_targets(raw: str) -> str:
-    from shortener.links.policy import PRIVATE_TARGET_MODES
-
     if raw not in PRIVATE_TARGET_MODES:
         raise ValueError(f"must be one of {', '.join(PRIVATE_TARGET_MODES)}")
     return raw

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,24 @@ def test_serve_stops_with_one_line_naming_the_bad_setting(name: str, value: str)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0]
     assert result.stdout == ""
+
+
+def test_settings_import_nothing_of_the_application(tmp_path: Path) -> None:
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("Evil.example.\n# a comment\n")
+    script = (
+        "import sys\n"
+        "from shortener.config import Settings\n"
+        "settings = Settings.from_env({'SHORTENER_BLOCKLIST_FILE': sys.argv[1],"
+        " 'SHORTENER_PRIVATE_TARGETS': 'deny'})\n"
+        "print(*settings.blocklist, *(m for m in sys.modules if m.startswith('shortener')))\n"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", script, str(blocklist)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert printed[0] == "evil.example"
+    assert sorted(printed[1:]) == ["shortener", "shortener.config"]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from pathlib import Path
 from urllib.parse import urlsplit
 
+from shortener.config import normalise_domain
 from shortener.errors import invalid
 from shortener.store import Store
 
 # Names that only ever mean something inside a private network.
 _PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".intranet")
-PRIVATE_TARGET_MODES = ("allow", "deny-keyless", "deny")
 
 
 class DestinationPolicy:
@@ -40,20 +39,6 @@ def domain_suffixes(host: str) -> list[str]:
     """a.b.example.com -> [a.b.example.com, b.example.com, example.com, com]."""
     labels = host.split(".")
     return [".".join(labels[index:]) for index in range(len(labels))]
-
-
-def normalise_domain(raw: str) -> str:
-    domain = raw.strip().rstrip(".").lower()
-    if not domain or any(char.isspace() or char in "/:@" for char in domain):
-        raise ValueError(f"{raw!r} is not a domain name")
-    return domain
-
-
-def load_blocklist(path: str) -> list[str]:
-    """One domain a line; blank lines and # comments are skipped."""
-    lines = Path(path).read_text("utf-8").splitlines()
-    entries = (line.split("#", 1)[0].strip() for line in lines)
-    return [normalise_domain(entry) for entry in entries if entry]
 
 
 def is_private_host(host: str) -> bool:

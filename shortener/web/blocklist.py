@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import orjson
 from aiohttp import web
 
+from shortener.config import normalise_domain
 from shortener.errors import FieldError, invalid, not_found, validation_failed
 from shortener.links.model import BlockedDomain
-from shortener.links.policy import normalise_domain
 from shortener.store import Store
 from shortener.web.api import read_json, rfc3339
 from shortener.web.callers import Callers
