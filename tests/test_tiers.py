@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client.mmap_dict import MmapedDict
 
 from shortener.app import STORE, TIERED, create_app
 from shortener.auth import create_key
@@ -238,8 +242,6 @@ async def test_postgres_down_cached_links_redirect_others_503(
 def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
     app_instance_factory: Any, postgres_url: str, redis_url: str
 ) -> None:
-    import aiohttp
-
     from tests.services import keys_create
     from tests.test_serve import shorten
 
@@ -276,3 +278,117 @@ def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
     stale = [at - written_at for at, location in answers if location != "https://example.com/new"]
     assert not stale or max(stale) < 0.1, f"old target served {max(stale):.3f} s after the write"
     assert answers[-1][1] == "https://example.com/new"
+
+
+def redirects_per_worker(metrics_dir: Path) -> dict[int, int]:
+    """Redirects each worker of an instance has answered, read from that worker's own metric
+    file (the app publishes its latencies there once a second)."""
+    counts = {}
+    for path in metrics_dir.glob("histogram_*.db"):
+        total = 0.0
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            sample, labels = json.loads(key)[1:3]
+            if sample.endswith("_bucket") and labels.get("route") == "/{code}":
+                total += value
+        counts[int(path.stem.removeprefix("histogram_"))] = int(total)
+    return counts
+
+
+class RedirectLoad:
+    """Redirects of one code on a fresh connection each (so every worker answers), about
+    ``rate`` a second until stopped or ``limit`` seconds are over, each recorded as
+    (sent, answered, Location) on the monotonic clock."""
+
+    def __init__(self, url: str, rate: float = 100.0, concurrency: int = 4) -> None:
+        self._url = url
+        self._pause = concurrency / rate
+        self._concurrency = concurrency
+        self._stopped = False
+        self.answers: list[tuple[float, float, str]] = []
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    async def run(self, limit: float = 30.0) -> None:
+        until = time.monotonic() + limit
+        connector = aiohttp.TCPConnector(force_close=True)
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def poll() -> None:
+                while not self._stopped and time.monotonic() < until:
+                    sent = time.monotonic()
+                    async with session.get(self._url, allow_redirects=False) as response:
+                        location = response.headers.get("Location", str(response.status))
+                    self.answers.append((sent, time.monotonic(), location))
+                    await asyncio.sleep(self._pause)
+
+            await asyncio.gather(*(poll() for _ in range(self._concurrency)))
+
+
+@pytest.mark.slow
+def test_a_change_right_after_redis_returns_reaches_every_worker_within_100_ms(
+    postgres_url: str,
+    redis_url: str,
+    redis_server: RedisServer,
+    app_instance_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """Redis dies for 4 s under redirect load; 3 s after it is back, a change through the
+    other instance must reach both workers of the loaded one within 100 ms, 10 times in 10."""
+    from tests.services import keys_create
+    from tests.test_serve import shorten
+
+    env = {"SHORTENER_DATABASE_URL": postgres_url, "SHORTENER_REDIS_URL": redis_url}
+    writer = app_instance_factory(env, workers=2)
+    metrics_dir = tmp_path / "reader-metrics"
+    metrics_dir.mkdir()
+    reader = app_instance_factory({**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, 2)
+    key = keys_create(env)
+    code = asyncio.run(shorten(writer.url, key, url="https://example.com/0"))["code"]
+
+    async def patch(url: str) -> float:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.patch(
+                f"{writer.url}/api/v1/links/{code}",
+                json={"url": url},
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
+        return time.monotonic()
+
+    async def round_trip(n: int) -> tuple[list[str], dict[int, int]]:
+        load = RedirectLoad(f"{reader.url}/{code}")
+        running = asyncio.create_task(load.run())
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(redis_server.kill)
+        await asyncio.sleep(4)
+        await asyncio.to_thread(redis_server.start)
+        await asyncio.sleep(3)
+        new = f"https://example.com/{n}"
+        written_at = await patch(new)
+        await asyncio.sleep(1.2)
+        # Everything a worker answered up to at least 100 ms after the write is published.
+        before = redirects_per_worker(metrics_dir)
+        await asyncio.sleep(0.5)
+        load.stop()
+        await running
+        await asyncio.sleep(1.2)
+        after = redirects_per_worker(metrics_dir)
+        late = [
+            f"{sent - written_at:.3f} s: {location}"
+            for sent, _, location in load.answers
+            if sent >= written_at + 0.1 and location != new
+        ]
+        assert load.answers[-1][2] == new
+        return late, {pid: after[pid] - before.get(pid, 0) for pid in after}
+
+    for n in range(1, 11):
+        late, answered = asyncio.run(round_trip(n))
+        assert not late, f"round {n}: old answers sent after the write: {late[:5]}"
+        workers = set(reader.worker_pids())
+        assert {pid for pid, count in answered.items() if count > 0} >= workers, (
+            f"round {n}: not every worker answered after the write: {answered}"
+        )

@@ -37,6 +37,11 @@ _MAX_UNPUBLISHED = 10_000
 # Silence on the subscription for this long means the connection is dead, even if the
 # socket has not noticed.
 _SILENCE_LIMIT = 3.0
+# How often a lost subscription is tried again, and pending invalidations sent again: once
+# Redis answers, every worker must be subscribed (its L1 flushed) and every write made
+# meanwhile published within the contract's 100 ms. A refused connection costs next to
+# nothing; a hung Redis holds each attempt for its timeout anyway.
+_RETRY_INTERVAL = 0.05
 
 # Stores "version|payload" unless the key holds a newer version already.
 _PUT_IF_NEWER = """
@@ -71,6 +76,7 @@ class RedisTier:
         self.breaker = Breaker()
         self.subscribed = False
         self._unpublished: dict[str, Target] = {}
+        self._backlog = asyncio.Event()
         # Plain counters on the request path; metrics read them off it.
         self.hits = 0
         self.negatives = 0
@@ -128,11 +134,12 @@ class RedisTier:
             return
         pending, self._unpublished = self._unpublished, {}
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for code, target in pending.items():
-                    pipe.eval(_PUT_IF_NEWER, 1, *self._put_args(code, target))
-                    pipe.publish(CHANNEL, code)
-                await pipe.execute()
+            try:
+                await self._publish(pending)
+            except ConnectionError:
+                # The first call after Redis came back may get a pooled connection that
+                # Redis closed while it was away; a fresh one is worth one more try.
+                await self._publish(pending)
         except _ERRORS as exc:
             self._failed("publish", exc)
             for code, target in pending.items():
@@ -140,11 +147,30 @@ class RedisTier:
         else:
             self.breaker.succeeded()
 
+    async def _publish(self, pending: dict[str, Target]) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for code, target in pending.items():
+                pipe.eval(_PUT_IF_NEWER, 1, *self._put_args(code, target))
+                pipe.publish(CHANNEL, code)
+            await pipe.execute()
+
     def _remember_unpublished(self, code: str, target: Target) -> None:
         if code in self._unpublished or len(self._unpublished) < _MAX_UNPUBLISHED:
             self._unpublished[code] = target
+            self._backlog.set()
         else:
             self.errors["backlog_full"] = self.errors.get("backlog_full", 0) + 1
+
+    async def _replay(self) -> None:
+        """Sends what writes could not publish again and again until Redis takes it, so it
+        goes out as soon as Redis answers, not at the next write or re-subscription."""
+        while True:
+            await self._backlog.wait()
+            await self._publish_pending()
+            if self._unpublished:
+                await asyncio.sleep(_RETRY_INTERVAL)
+            else:
+                self._backlog.clear()
 
     def _put_args(self, code: str, value: Lookup) -> tuple[str, int, bytes, int]:
         if value is MISSING:
@@ -171,21 +197,26 @@ class RedisTier:
         return True
 
     async def listen(self) -> None:
-        """Applies invalidations from every worker until cancelled, reconnecting forever."""
-        delay = 0.1
-        while True:
-            pubsub = self._subscriber.pubsub()
-            try:
-                await pubsub.subscribe(CHANNEL)
-                await self._receive(pubsub)
-            except _ERRORS as exc:
-                if self.subscribed:
-                    log.warning("lost the invalidation channel: %r", exc)
-                self.subscribed = False
-            finally:
-                await _close_quietly(pubsub)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        """Applies invalidations from every worker until cancelled, reconnecting forever,
+        and meanwhile replays the invalidations that could not be published."""
+        replay = asyncio.create_task(self._replay())
+        try:
+            while True:
+                pubsub = self._subscriber.pubsub()
+                try:
+                    await pubsub.subscribe(CHANNEL)
+                    await self._receive(pubsub)
+                except _ERRORS as exc:
+                    if self.subscribed:
+                        log.warning("lost the invalidation channel: %r", exc)
+                    self.subscribed = False
+                finally:
+                    await _close_quietly(pubsub)
+                await asyncio.sleep(_RETRY_INTERVAL)
+        finally:
+            replay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replay
 
     async def _receive(self, pubsub: Any) -> None:
         last_heard = next_ping = time.monotonic()
