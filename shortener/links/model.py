@@ -47,6 +47,8 @@ class Link:
     deleted: bool
     clicks: int
     version: int
+    title: str | None = None
+    tags: tuple[str, ...] = ()
 
     def target(self) -> Target:
         return Target(
@@ -89,6 +91,16 @@ class NewLink:
     expires_at: datetime | None
     max_visits: int | None
     redirect_status: int
+    title: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFilter:
+    """What a listing keeps: links whose code, url or title holds `text`, carrying every tag."""
+
+    text: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,19 +13,24 @@ import idna
 
 from shortener.errors import FieldError, Problem, invalid, validation_failed
 from shortener.links.codes import MAX_CODE_LENGTH, is_code, is_reserved
-from shortener.links.model import LinkChanges, NewLink
+from shortener.links.model import LinkChanges, LinkFilter, NewLink
 
 MAX_URL_LENGTH = 2048
 REDIRECT_STATUSES = frozenset({301, 302, 307, 308})
 DEFAULT_REDIRECT_STATUS = 302
 # JSON numbers above this lose precision in JavaScript clients.
 MAX_VISITS_LIMIT = 2**53 - 1
+MAX_TITLE_LENGTH = 512
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 64
+MAX_QUERY_LENGTH = MAX_URL_LENGTH
 
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
 )
 _HOST_LABELS = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
 _IP_LITERAL = re.compile(r"\[[0-9a-fA-F:.]+\]")
+_TAG = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _Collector:
@@ -43,7 +48,9 @@ class _Collector:
 
 
 def parse_new_link(body: object, own_host: str) -> NewLink:
-    fields = _object(body, {"url", "alias", "expires_at", "max_visits", "redirect_status"})
+    fields = _object(
+        body, {"url", "alias", "expires_at", "max_visits", "redirect_status", "title", "tags"}
+    )
     collector = _Collector()
     url = None
     if "url" in fields:
@@ -54,6 +61,8 @@ def parse_new_link(body: object, own_host: str) -> NewLink:
     expires_at = collector.check(_optional(parse_expires_at), fields.get("expires_at"))
     max_visits = collector.check(_optional(parse_max_visits), fields.get("max_visits"))
     status = collector.check(_optional(parse_redirect_status), fields.get("redirect_status"))
+    title = collector.check(_optional(parse_title), fields.get("title"))
+    tags = collector.check(parse_tags, fields.get("tags", []))
     if collector.errors or url is None:
         raise validation_failed(collector.errors)
     return NewLink(
@@ -62,6 +71,8 @@ def parse_new_link(body: object, own_host: str) -> NewLink:
         expires_at=expires_at,
         max_visits=max_visits,
         redirect_status=status or DEFAULT_REDIRECT_STATUS,
+        title=title,
+        tags=tags,
     )
 
 
@@ -72,6 +83,8 @@ def parse_link_changes(body: object, own_host: str) -> LinkChanges:
         "max_visits": _optional(parse_max_visits),
         "redirect_status": parse_redirect_status,
         "disabled": parse_disabled,
+        "title": _optional(parse_title),
+        "tags": parse_tags,
     }
     fields = _object(body, set(parsers))
     collector = _Collector()
@@ -219,3 +232,53 @@ def parse_disabled(raw: object) -> bool:
     if not isinstance(raw, bool):
         raise invalid("disabled", "must be true or false")
     return raw
+
+
+def parse_title(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise invalid("title", "must be a string or null")
+    if len(raw) > MAX_TITLE_LENGTH:
+        raise invalid("title", f"must be at most {MAX_TITLE_LENGTH} characters")
+    return raw
+
+
+def parse_tags(raw: object) -> tuple[str, ...]:
+    """Tags in lower case, duplicates dropped, in the order first given."""
+    if not isinstance(raw, list):
+        raise invalid("tags", "must be a list of strings")
+    tags: dict[str, None] = {}
+    for item in raw:
+        tags[parse_tag(item, "tags")] = None
+    if len(tags) > MAX_TAGS:
+        raise invalid("tags", f"must hold at most {MAX_TAGS} distinct tags")
+    return tuple(tags)
+
+
+def parse_tag(raw: object, field: str) -> str:
+    if not isinstance(raw, str) or not _TAG.fullmatch(raw):
+        raise invalid(
+            field, f"each tag must be 1 to {MAX_TAG_LENGTH} characters of a-z 0-9 _ - (any case)"
+        )
+    return raw.lower()
+
+
+def _parse_tag_parameter(raw: str) -> str:
+    return parse_tag(raw, "tag")
+
+
+def parse_filter(text: str | None, tags: list[str]) -> LinkFilter:
+    """The `q` and `tag` query parameters of a listing."""
+    collector = _Collector()
+    if text is not None:
+        if len(text) > MAX_QUERY_LENGTH:
+            collector.errors.append(
+                FieldError("q", f"must be at most {MAX_QUERY_LENGTH} characters")
+            )
+        elif any(unicodedata.category(char) == "Cc" for char in text):
+            collector.errors.append(FieldError("q", "must not contain control characters"))
+    wanted = tuple(dict.fromkeys(collector.check(_parse_tag_parameter, raw) for raw in tags))
+    if len(wanted) > MAX_TAGS:
+        collector.errors.append(FieldError("tag", f"at most {MAX_TAGS} distinct tags"))
+    if collector.errors:
+        raise validation_failed(collector.errors)
+    return LinkFilter(text=text or None, tags=wanted)

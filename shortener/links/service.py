@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from shortener.cache.tiered import TieredCache
 from shortener.errors import CodeTaken, conflict, not_found, unavailable
 from shortener.links import codes
-from shortener.links.model import ApiKey, Link, LinkChanges, NewLink
+from shortener.links.model import ApiKey, Link, LinkChanges, LinkFilter, NewLink
 from shortener.links.policy import DestinationPolicy
 from shortener.store import Store
 
@@ -69,9 +69,11 @@ class LinkService:
             raise not_found()
         await self._cache.changed(link)
 
-    async def list(self, caller: ApiKey, limit: int, before_id: int | None) -> list[Link]:
+    async def list(
+        self, caller: ApiKey, limit: int, before_id: int | None, where: LinkFilter
+    ) -> list[Link]:
         owner_id = None if caller.admin else caller.id
-        return await self._store.list_links(owner_id, before_id, limit)
+        return await self._store.list_links(owner_id, before_id, limit, where)
 
 
 def _may_see(caller: ApiKey, link: Link) -> bool:

@@ -14,8 +14,11 @@ from shortener.links.model import (
     KeyInfo,
     Link,
     LinkChanges,
+    LinkFilter,
     NewLink,
 )
+
+NO_FILTER = LinkFilter()
 
 
 class Store(Protocol):
@@ -50,9 +53,13 @@ class Store(Protocol):
     async def delete_link(self, code: str, now: datetime) -> Link | None: ...
 
     async def list_links(
-        self, owner_id: int | None, before_id: int | None, limit: int
+        self,
+        owner_id: int | None,
+        before_id: int | None,
+        limit: int,
+        where: LinkFilter = NO_FILTER,
     ) -> list[Link]:
-        """Live links, newest first; owner_id None lists every owner's."""
+        """Live links that pass the filter, newest first; owner_id None lists every owner's."""
         ...
 
     async def add_clicks(self, counts: Mapping[str, int]) -> None: ...
@@ -104,3 +111,13 @@ def migration_scripts(dialect: str) -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text("utf-8")))
     return sorted(found)
+
+
+def like_escape(text: str) -> str:
+    """`text` for a LIKE pattern, matched literally (backslash is the escape character)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def folded(title: object) -> str | None:
+    """A title as search compares it: in lower case, folded the same way on every store."""
+    return title.lower() if isinstance(title, str) else None

@@ -19,17 +19,20 @@ from shortener.links.model import (
     KeyInfo,
     Link,
     LinkChanges,
+    LinkFilter,
     NewLink,
 )
 from shortener.metrics import DB_QUERY_DURATION
-from shortener.store import migration_scripts
+from shortener.store import NO_FILTER, folded, like_escape, migration_scripts
 
 # Any number will do, as long as nothing else in the database takes the same advisory lock.
 _MIGRATION_LOCK = 0x5E0127
-_CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled")
+_CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled", "title", "tags")
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
-    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version"""
+    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version, title, tags"""
+# The expression links_search_trgm indexes (migration 0003): the same text, or no index.
+_SEARCH_TEXT = "(lower(code || E'\\n' || url) || E'\\n' || coalesce(title_folded, ''))"
 
 _UNAVAILABLE = (
     OSError,
@@ -121,8 +124,8 @@ class PostgresStore:
             try:
                 row = await conn.fetchrow(
                     f"""INSERT INTO links (code, url, owner_id, created_at, updated_at,
-                            expires_at, max_visits, redirect_status)
-                        VALUES ($1, $2, $3, $4, $4, $5, $6, $7)
+                            expires_at, max_visits, redirect_status, title, title_folded, tags)
+                        VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10)
                         RETURNING {_LINK_COLUMNS}""",
                     code,
                     new.url,
@@ -131,6 +134,9 @@ class PostgresStore:
                     new.expires_at,
                     new.max_visits,
                     new.redirect_status,
+                    new.title,
+                    folded(new.title),
+                    list(new.tags),
                 )
             except asyncpg.UniqueViolationError:
                 raise CodeTaken(code) from None
@@ -146,7 +152,11 @@ class PostgresStore:
         values = changes.values
         flags_and_values: list[Any] = []
         for name in _CHANGEABLE:
-            flags_and_values += [name in values, values.get(name)]
+            value: Any = values.get(name)
+            if name == "tags" and value is not None:
+                value = list(value)
+            flags_and_values += [name in values, value]
+        flags_and_values += ["title" in values, folded(values.get("title"))]
         async with self._connection("update_link") as conn:
             row = await conn.fetchrow(
                 f"""UPDATE links SET
@@ -155,7 +165,10 @@ class PostgresStore:
                         max_visits = CASE WHEN $6 THEN $7 ELSE max_visits END,
                         redirect_status = CASE WHEN $8 THEN $9 ELSE redirect_status END,
                         disabled = CASE WHEN $10 THEN $11 ELSE disabled END,
-                        updated_at = $12,
+                        title = CASE WHEN $12 THEN $13 ELSE title END,
+                        tags = CASE WHEN $14 THEN $15::text[] ELSE tags END,
+                        title_folded = CASE WHEN $16 THEN $17 ELSE title_folded END,
+                        updated_at = $18,
                         version = version + 1
                     WHERE code = $1 AND deleted_at IS NULL
                     RETURNING {_LINK_COLUMNS}""",
@@ -177,26 +190,30 @@ class PostgresStore:
         return _link(row) if row else None
 
     async def list_links(
-        self, owner_id: int | None, before_id: int | None, limit: int
+        self,
+        owner_id: int | None,
+        before_id: int | None,
+        limit: int,
+        where: LinkFilter = NO_FILTER,
     ) -> list[Link]:
         before = before_id if before_id is not None else 2**63 - 1
+        params: list[Any] = [before, limit]
+        conditions = ["deleted_at IS NULL", "id < $1"]
+        if owner_id is not None:
+            params.append(owner_id)
+            conditions.append(f"owner_id = ${len(params)}")
+        if where.text is not None:
+            params.append(f"%{like_escape(where.text.lower())}%")
+            conditions.append(f"{_SEARCH_TEXT} LIKE ${len(params)}")
+        if where.tags:
+            params.append(list(where.tags))
+            conditions.append(f"tags @> ${len(params)}::text[]")
         async with self._connection("list_links") as conn:
-            if owner_id is None:
-                rows = await conn.fetch(
-                    f"""SELECT {_LINK_COLUMNS} FROM links
-                        WHERE deleted_at IS NULL AND id < $1 ORDER BY id DESC LIMIT $2""",
-                    before,
-                    limit,
-                )
-            else:
-                rows = await conn.fetch(
-                    f"""SELECT {_LINK_COLUMNS} FROM links
-                        WHERE deleted_at IS NULL AND owner_id = $1 AND id < $2
-                        ORDER BY id DESC LIMIT $3""",
-                    owner_id,
-                    before,
-                    limit,
-                )
+            rows = await conn.fetch(
+                f"""SELECT {_LINK_COLUMNS} FROM links WHERE {" AND ".join(conditions)}
+                    ORDER BY id DESC LIMIT $2""",
+                *params,
+            )
         return [_link(row) for row in rows]
 
     async def add_clicks(self, counts: Mapping[str, int]) -> None:
@@ -310,4 +327,6 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 def _link(row: asyncpg.Record) -> Link:
-    return Link(**dict(row.items()))
+    fields = dict(row.items())
+    fields["tags"] = tuple(fields["tags"])
+    return Link(**fields)

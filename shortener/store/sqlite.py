@@ -18,13 +18,14 @@ from shortener.links.model import (
     KeyInfo,
     Link,
     LinkChanges,
+    LinkFilter,
     NewLink,
 )
-from shortener.store import migration_scripts
+from shortener.store import NO_FILTER, folded, like_escape, migration_scripts
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
-    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version"""
-_CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled")
+    redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version, title, tags"""
+_CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled", "title", "tags")
 
 
 class SqliteStore:
@@ -100,8 +101,8 @@ class SqliteStore:
         try:
             async with self.db.execute(
                 f"""INSERT INTO links (code, url, owner_id, created_at, updated_at,
-                        expires_at, max_visits, redirect_status)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        expires_at, max_visits, redirect_status, title, title_folded, tags)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     RETURNING {_LINK_COLUMNS}""",
                 (
                     code,
@@ -112,6 +113,9 @@ class SqliteStore:
                     _epoch(new.expires_at),
                     new.max_visits,
                     new.redirect_status,
+                    new.title,
+                    folded(new.title),
+                    _tags_json(new.tags),
                 ),
             ) as cursor:
                 row = await cursor.fetchone()
@@ -131,7 +135,12 @@ class SqliteStore:
         params: list[Any] = []
         for name in _CHANGEABLE:
             value = changes.values.get(name)
-            params += [name in changes.values, _epoch(value) if name == "expires_at" else value]
+            if name == "expires_at":
+                value = _epoch(value)
+            elif name == "tags":
+                value = _tags_json(value) if value is not None else None
+            params += [name in changes.values, value]
+        params += ["title" in changes.values, folded(changes.values.get("title"))]
         async with self.db.execute(
             f"""UPDATE links SET
                     url = CASE WHEN ? THEN ? ELSE url END,
@@ -139,6 +148,9 @@ class SqliteStore:
                     max_visits = CASE WHEN ? THEN ? ELSE max_visits END,
                     redirect_status = CASE WHEN ? THEN ? ELSE redirect_status END,
                     disabled = CASE WHEN ? THEN ? ELSE disabled END,
+                    title = CASE WHEN ? THEN ? ELSE title END,
+                    tags = CASE WHEN ? THEN ? ELSE tags END,
+                    title_folded = CASE WHEN ? THEN ? ELSE title_folded END,
                     updated_at = ?,
                     version = version + 1
                 WHERE code = ? AND deleted_at IS NULL
@@ -159,19 +171,34 @@ class SqliteStore:
         return _link(row) if row else None
 
     async def list_links(
-        self, owner_id: int | None, before_id: int | None, limit: int
+        self,
+        owner_id: int | None,
+        before_id: int | None,
+        limit: int,
+        where: LinkFilter = NO_FILTER,
     ) -> list[Link]:
-        before = before_id if before_id is not None else 2**63 - 1
-        if owner_id is None:
-            query = f"""SELECT {_LINK_COLUMNS} FROM links
-                        WHERE deleted_at IS NULL AND id < ? ORDER BY id DESC LIMIT ?"""
-            params: tuple[Any, ...] = (before, limit)
-        else:
-            query = f"""SELECT {_LINK_COLUMNS} FROM links
-                        WHERE deleted_at IS NULL AND owner_id = ? AND id < ?
-                        ORDER BY id DESC LIMIT ?"""
-            params = (owner_id, before, limit)
-        async with self.db.execute(query, params) as cursor:
+        conditions = ["deleted_at IS NULL", "id < ?"]
+        params: list[Any] = [before_id if before_id is not None else 2**63 - 1]
+        if owner_id is not None:
+            conditions.append("owner_id = ?")
+            params.append(owner_id)
+        if where.text is not None:
+            # LIKE folds ASCII only: codes and urls are ASCII, titles are matched folded.
+            n = len(params) + 1
+            conditions.append(
+                f"(code LIKE ?{n} ESCAPE '\\' OR url LIKE ?{n} ESCAPE '\\'"
+                f" OR title_folded LIKE ?{n} ESCAPE '\\')"
+            )
+            params.append(f"%{like_escape(where.text.lower())}%")
+        if where.tags:
+            conditions.append(
+                "NOT EXISTS (SELECT value FROM json_each(?)"
+                " EXCEPT SELECT value FROM json_each(links.tags))"
+            )
+            params.append(_tags_json(where.tags))
+        query = f"""SELECT {_LINK_COLUMNS} FROM links WHERE {" AND ".join(conditions)}
+                    ORDER BY id DESC LIMIT ?"""
+        async with self.db.execute(query, (*params, limit)) as cursor:
             rows = await cursor.fetchall()
         return [_link(row) for row in rows]
 
@@ -310,4 +337,10 @@ def _link(row: sqlite3.Row) -> Link:
         deleted=bool(row["deleted"]),
         clicks=row["clicks"],
         version=row["version"],
+        title=row["title"],
+        tags=tuple(orjson.loads(row["tags"])),
     )
+
+
+def _tags_json(tags: Any) -> str:
+    return orjson.dumps(list(tags)).decode()

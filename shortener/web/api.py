@@ -14,7 +14,7 @@ from aiohttp import web
 from shortener.config import Settings
 from shortener.errors import Problem, bad_request, invalid
 from shortener.links.model import Link
-from shortener.links.rules import parse_link_changes, parse_new_link
+from shortener.links.rules import parse_filter, parse_link_changes, parse_new_link
 from shortener.links.service import LinkService
 from shortener.web import MAX_BODY_BYTES
 from shortener.web.callers import Callers
@@ -67,7 +67,8 @@ class LinksApi:
         caller = await self._callers.require(request)
         limit = _parse_limit(request.query.get("limit"))
         before = decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
-        links = await self._service.list(caller, limit + 1, before)
+        where = parse_filter(request.query.get("q"), request.query.getall("tag", []))
+        links = await self._service.list(caller, limit + 1, before, where)
         page = links[:limit]
         next_cursor = encode_cursor(page[-1].id) if len(links) > limit else None
         body = {"items": [self.link_json(link) for link in page], "next_cursor": next_cursor}
@@ -95,6 +96,8 @@ class LinksApi:
             "redirect_status": link.redirect_status,
             "disabled": link.disabled,
             "clicks": link.clicks,
+            "title": link.title,
+            "tags": list(link.tags),
         }
 
 
