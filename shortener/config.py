@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 T = TypeVar("T")
 
@@ -57,6 +57,9 @@ class Settings:
     db_pool_max: int = 10
     db_connect_timeout: float = 1.0
     db_statement_timeout: float = 1.0
+    # The database URL is PgBouncer in transaction pooling mode: no session state survives a
+    # transaction, so no prepared statement cache, each query in a transaction of its own.
+    db_transaction_pooling: bool = False
     redis_timeout: float = 0.05
     trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
     keepalive_timeout: float = 75.0
@@ -135,6 +138,7 @@ class Settings:
             db_statement_timeout=reader.read(
                 "SHORTENER_DB_STATEMENT_TIMEOUT", _positive_float, defaults.db_statement_timeout
             ),
+            db_transaction_pooling=reader.read("SHORTENER_DB_TRANSACTION_POOLING", _boolean, False),
             redis_timeout=reader.read(
                 "SHORTENER_REDIS_TIMEOUT", _positive_float, defaults.redis_timeout
             ),
@@ -232,17 +236,73 @@ def _database_url(raw: str) -> str:
             raise ValueError("must look like sqlite:///relative/path or sqlite:////absolute/path")
         return raw
     if parts.scheme in {"postgresql", "postgres"}:
-        _check_port(parts)
-        if not parts.hostname and "host=" not in parts.query:
+        # The multi-host form (host1:5432,host2:5432) names a primary and its standbys.
+        hosts = parts.netloc.rpartition("@")[2]
+        if not hosts and "host=" not in parts.query:
             raise ValueError("must name a host, as in postgresql://user@host:5432/db")
+        for host in hosts.split(",") if hosts else ():
+            _host_and_port(host, default_port=5432)
         return raw
     raise ValueError("must start with postgresql:// or sqlite:///")
 
 
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """``redis+sentinel://[:password@]host:port[,host:port...]/primary-name[/db]``: the
+    Sentinels to ask for the current primary of ``primary``; the password is the servers'."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    primary: str
+    db: int = 0
+    password: str | None = None
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+def parse_sentinel_url(raw: str) -> SentinelUrl:
+    scheme, _, rest = raw.partition("://")
+    if scheme != SENTINEL_SCHEME:
+        raise ValueError(f"must start with {SENTINEL_SCHEME}://")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    password = unquote(userinfo.partition(":")[2]) or None
+    if not hosts:
+        raise ValueError("must name at least one Sentinel, as in redis+sentinel://host:26379/name")
+    sentinels = tuple(_host_and_port(host, SENTINEL_PORT) for host in hosts.split(","))
+    primary, _, db = path.partition("/")
+    if not primary:
+        raise ValueError("must name the primary after the Sentinels, as in .../mymaster/0")
+    db = db.rstrip("/")
+    if db and not db.isdigit():
+        raise ValueError("has a bad database number")
+    return SentinelUrl(sentinels, unquote(primary), int(db or 0), password)
+
+
+def _host_and_port(raw: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if raw.startswith("["):
+        host, _, port = raw[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = raw.partition(":")
+    if not host:
+        raise ValueError(f"names an empty host in {raw!r}")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("has a bad port")
+    return host, int(port)
+
+
 def _redis_url(raw: str) -> str:
+    if raw.startswith(f"{SENTINEL_SCHEME}://"):
+        parse_sentinel_url(raw)
+        return raw
     parts = urlsplit(raw)
     if parts.scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError("must start with redis://, rediss:// or unix://")
+        raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
     _check_port(parts)
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("must name a host, as in redis://host:6379/0")

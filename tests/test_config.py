@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from shortener.config import DEFAULT_SQLITE_URL, ConfigError, Settings
+from shortener.config import (
+    DEFAULT_SQLITE_URL,
+    ConfigError,
+    SentinelUrl,
+    Settings,
+    parse_sentinel_url,
+)
 
 
 def test_defaults_are_the_embedded_setup() -> None:
@@ -47,6 +53,13 @@ def test_values_are_parsed() -> None:
         ("SHORTENER_DATABASE_URL", "sqlite://relative.db"),
         ("SHORTENER_REDIS_URL", "http://cache:6379"),
         ("SHORTENER_REDIS_URL", "redis://:99999999"),
+        ("SHORTENER_REDIS_URL", "redis+sentinel://s1:26379"),
+        ("SHORTENER_REDIS_URL", "redis+sentinel:///mymaster"),
+        ("SHORTENER_REDIS_URL", "redis+sentinel://s1:26379,s2:x/mymaster"),
+        ("SHORTENER_REDIS_URL", "redis+sentinel://s1/mymaster/zero"),
+        ("SHORTENER_DATABASE_URL", "postgresql://u@db1:5432,db2:nope/links"),
+        ("SHORTENER_DATABASE_URL", "postgresql://u@db1:5432,/links"),
+        ("SHORTENER_DB_TRANSACTION_POOLING", "sometimes"),
         ("SHORTENER_BASE_URL", "sho.rt"),
         ("SHORTENER_BASE_URL", "ftp://sho.rt"),
         ("SHORTENER_PUBLIC_CREATE", "maybe"),
@@ -68,6 +81,28 @@ def test_bad_setting_names_the_variable(name: str, value: str) -> None:
     message = str(raised.value)
     assert message.startswith(f"{name}: ")
     assert "\n" not in message
+
+
+def test_high_availability_urls_are_accepted() -> None:
+    settings = Settings.from_env(
+        {
+            "SHORTENER_DATABASE_URL": "postgresql://u@db1:5432,db2:5433/links"
+            "?target_session_attrs=read-write",
+            "SHORTENER_REDIS_URL": "redis+sentinel://:s%40cret@s1:26379,[::1]:26380,s3/mymaster/2",
+            "SHORTENER_DB_TRANSACTION_POOLING": "true",
+        }
+    )
+    assert settings.db_transaction_pooling is True
+    assert settings.redis_url is not None
+    assert parse_sentinel_url(settings.redis_url) == SentinelUrl(
+        sentinels=(("s1", 26379), ("::1", 26380), ("s3", 26379)),
+        primary="mymaster",
+        db=2,
+        password="s@cret",
+    )
+    assert parse_sentinel_url("redis+sentinel://s1/mymaster") == SentinelUrl(
+        (("s1", 26379),), "mymaster"
+    )
 
 
 def test_pool_min_above_max_is_refused() -> None:

@@ -17,11 +17,13 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shortener.cache.breaker import Breaker
 from shortener.cache.l1 import L1Cache
+from shortener.config import SENTINEL_SCHEME, parse_sentinel_url
 from shortener.links.model import MISSING, Lookup, Target
 
 log = logging.getLogger(__name__)
@@ -59,15 +61,10 @@ class RedisTier:
     def __init__(
         self, url: str, timeout: float, ttl: float, negative_ttl: float, l1: L1Cache
     ) -> None:
-        no_retry = Retry(NoBackoff(), 0)
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry
-        )
+        self._client = connect(url, timeout=timeout, connect_timeout=timeout)
         # The subscription waits for messages, so it gets no read timeout of its own; a
         # ping every second and the silence limit find a dead connection instead.
-        self._subscriber = aioredis.Redis.from_url(
-            url, socket_connect_timeout=max(timeout, 1.0), retry=no_retry
-        )
+        self._subscriber = connect(url, timeout=None, connect_timeout=max(timeout, 1.0))
         # EVALSHA on the read path: the script is sent once, not with every miss.
         self._put_if_newer = self._client.register_script(_PUT_IF_NEWER)
         self._ttl_ms = int(ttl * 1000)
@@ -250,6 +247,50 @@ class RedisTier:
     async def close(self) -> None:
         await self._client.aclose()
         await self._subscriber.aclose()
+
+
+def connect(url: str, *, timeout: float | None, connect_timeout: float) -> aioredis.Redis:
+    """A client of the Redis server at ``url``, or for ``redis+sentinel://`` of whichever
+    server the Sentinels name primary: each new connection asks them, so a failover looks
+    like a short outage. No retries: every caller has a breaker and a fallback."""
+    no_retry = Retry(NoBackoff(), 0)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": no_retry,
+    }
+    if not url.startswith(f"{SENTINEL_SCHEME}://"):
+        return aioredis.Redis.from_url(url, **options)
+    parsed = parse_sentinel_url(url)
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.sentinels),
+        sentinel_kwargs={
+            "socket_timeout": connect_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "retry": no_retry,
+        },
+    )
+    client = sentinels.master_for(
+        parsed.primary,
+        redis_class=_SentinelClient,
+        db=parsed.db,
+        password=parsed.password,
+        **options,
+    )
+    assert isinstance(client, _SentinelClient)
+    client.sentinels = sentinels
+    return client
+
+
+class _SentinelClient(aioredis.Redis):
+    """A client of the primary that also closes its connections to the Sentinels."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
 
 
 def decode(raw: bytes) -> Lookup:

@@ -8,14 +8,12 @@ import math
 import time
 from typing import cast
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from cachetools import TTLCache
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shortener.cache.breaker import Breaker
+from shortener.cache.redis import connect
 from shortener.config import IPNetwork
 from shortener.errors import rate_limited
 
@@ -34,12 +32,7 @@ class RateLimiter:
     def __init__(self, redis_url: str | None, timeout: float) -> None:
         self._client = None
         if redis_url is not None:
-            self._client = aioredis.Redis.from_url(
-                redis_url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
+            self._client = connect(redis_url, timeout=timeout, connect_timeout=timeout)
             # EVALSHA: the script is sent once, not with every count.
             self._count = self._client.register_script(_COUNT_IN_WINDOW)
         self._breaker = Breaker()
