@@ -34,15 +34,18 @@ _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, 
 # The expression links_search_trgm indexes (migration 0003): the same text, or no index.
 _SEARCH_TEXT = "(lower(code || E'\\n' || url) || E'\\n' || coalesce(title_folded, ''))"
 
-_UNAVAILABLE = (
+# This server is gone or no longer the primary (a standby, or a primary demoted after a
+# failover): every pooled connection goes, and new ones look for the primary again.
+_SERVER_LOST = (
     OSError,
-    asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
-    asyncpg.QueryCanceledError,
     asyncpg.AdminShutdownError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.TargetServerAttributeNotMatched,
 )
+_UNAVAILABLE = (*_SERVER_LOST, asyncio.TimeoutError, asyncpg.QueryCanceledError)
 
 
 class PostgresStore:
@@ -52,6 +55,10 @@ class PostgresStore:
 
     async def open(self) -> None:
         settings = self._settings
+        server_settings = {"application_name": "shortener"}
+        if not settings.db_transaction_pooling:
+            # PgBouncer refuses it at start-up; behind it, set it on the role instead.
+            server_settings["statement_timeout"] = str(int(settings.db_statement_timeout * 1000))
         try:
             self._pool = await asyncpg.create_pool(
                 settings.database_url,
@@ -60,10 +67,10 @@ class PostgresStore:
                 timeout=settings.db_connect_timeout,
                 command_timeout=settings.db_statement_timeout,
                 reset=_keep_session,
-                server_settings={
-                    "application_name": "shortener",
-                    "statement_timeout": str(int(settings.db_statement_timeout * 1000)),
-                },
+                server_settings=server_settings,
+                # Named prepared statements live in one server session, which transaction
+                # pooling does not keep from one transaction to the next.
+                statement_cache_size=0 if settings.db_transaction_pooling else 100,
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
@@ -82,8 +89,16 @@ class PostgresStore:
         started = time.perf_counter()
         try:
             async with self._pool.acquire(timeout=self._settings.db_connect_timeout) as conn:
-                yield conn
+                if self._settings.db_transaction_pooling:
+                    # asyncpg prepares and executes in two round trips; in a transaction
+                    # PgBouncer keeps both on the same server connection.
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
         except _UNAVAILABLE as exc:
+            if isinstance(exc, _SERVER_LOST):
+                await self._pool.expire_connections()
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
         finally:
             DB_QUERY_DURATION.labels(operation).observe(time.perf_counter() - started)
