@@ -7,7 +7,9 @@ from shortener.config import Settings
 
 _settings = Settings.from_env()
 
-worker_class = "aiohttp.GunicornUVLoopWebWorker"
+# aiohttp's uvloop worker, listening with the backlog below (aiohttp's own drops it to 128).
+worker_class = "shortener.worker.Worker"
+backlog = _settings.backlog
 # aiohttp's worker uses this as its keep-alive timeout; it must outlast nginx's upstream
 # keep-alive, so that nginx never reuses a connection the app is closing.
 keepalive = int(_settings.keepalive_timeout)
@@ -17,6 +19,8 @@ timeout = 30
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
+# gunicorn's own lines as the app's JSON (shortener/logs.py), master and workers alike.
+logger_class = "shortener.worker.JsonLogger"
 proc_name = "shortener"
 # Gunicorn 27 opens a control socket at one fixed path per user; instances on one host
 # would fight over it, and nothing here uses it.

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"shortener: bad setting: {exc}", file=sys.stderr)
+        configure_logging("info")
+        log.error("bad setting: %s", exc)
         return 2
     configure_logging(settings.log_level)
     try:
@@ -102,6 +103,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host,
         port=args.port,
         keepalive_timeout=settings.keepalive_timeout,
+        backlog=settings.backlog,
         access_log=None,
         loop=uvloop.new_event_loop(),
         print=lambda _: log.info("serving on http://%s:%d", args.host, args.port),
@@ -148,14 +150,15 @@ def _exec_gunicorn(host: str, port: int, workers: int) -> None:
 
 
 def gunicorn_config_path() -> Path:
-    """conf/gunicorn.conf.py: from the environment, the installed copy, or the source tree."""
+    """conf/gunicorn.conf.py: from the environment, the checkout this code runs from (so an
+    edit to it counts), or the installed copy."""
     explicit = os.environ.get("SHORTENER_GUNICORN_CONFIG")
     if explicit:
         return Path(explicit)
-    installed = Path(sysconfig.get_path("data")) / "share" / "shortener" / "gunicorn.conf.py"
-    if installed.exists():
-        return installed
-    return Path(__file__).resolve().parent.parent / "conf" / "gunicorn.conf.py"
+    checkout = Path(__file__).resolve().parent.parent / "conf" / "gunicorn.conf.py"
+    if checkout.exists():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "shortener" / "gunicorn.conf.py"
 
 
 async def _migrate_store(settings: Settings) -> list[int]:

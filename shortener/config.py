@@ -63,6 +63,9 @@ class Settings:
     redis_timeout: float = 0.05
     trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)
     keepalive_timeout: float = 75.0
+    # Connections the kernel queues for accept() per listening socket (gunicorn's default):
+    # a burst after a stall waits there instead of being refused.
+    backlog: int = 2048
     # Per-request latency metrics; off only to measure what they cost.
     metrics: bool = True
     workers: int = 1
@@ -146,6 +149,7 @@ class Settings:
             keepalive_timeout=reader.read(
                 "SHORTENER_KEEPALIVE_TIMEOUT", _positive_float, defaults.keepalive_timeout
             ),
+            backlog=reader.read("SHORTENER_BACKLOG", _positive_int, defaults.backlog),
             metrics=reader.read("SHORTENER_METRICS", _boolean, True),
             workers=reader.read("SHORTENER_WORKERS", _positive_int, 1),
             log_level=reader.read("SHORTENER_LOG_LEVEL", _log_level, "info"),

@@ -1,14 +1,44 @@
-"""Structured logs: one JSON object a line, carrying the id of the request being served."""
+"""Structured logs: one JSON object a line, carrying the id of the request being served.
+
+Every process writes through :class:`JsonFormatter`: the CLI, a single-worker `serve`, and
+under gunicorn the master and each worker (shortener/worker.py routes gunicorn's own loggers
+here). Credentials are redacted from every line, whoever logs it: aiohttp quotes the raw bytes
+of a malformed header, API key included, in the 400 it logs.
+"""
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
+from types import TracebackType
 
 import orjson
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+REDACTED = "[redacted]"
+
+# What a log line must never carry, each with what stays: the API key shape (sk_...), the
+# value of a credential header, a Bearer/Basic token, the password of a URL's userinfo.
+_SECRETS = (
+    (re.compile(r"\bsk_[A-Za-z0-9_\-]+"), "sk_" + REDACTED),
+    (
+        re.compile(
+            r"(?i)\b((?:proxy-)?authorization|x-api-key|(?:set-)?cookie)(\s*[:=]\s*)[^\r\n'\"\\]+"
+        ),
+        r"\1\2" + REDACTED,
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\"\\,;]+"), r"\1\2" + REDACTED),
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^/\s:@'\"]*:)[^@\s/'\"]+@"), r"\1" + REDACTED + "@"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential it carries replaced by [redacted]."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,17 +49,29 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "request_id": REQUEST_ID.get(),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
 
 
 def configure_logging(level: str) -> None:
+    """JSON lines on stderr for this process: its loggers, Python's warnings and whatever
+    exception would otherwise end it with a plain-text traceback."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+) -> None:
+    logging.getLogger("shortener").critical(
+        "uncaught %s", kind.__name__, exc_info=(kind, value, traceback)
+    )
