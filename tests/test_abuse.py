@@ -15,7 +15,7 @@ import pytest
 from shortener.app import STORE
 from shortener.auth import create_key
 from shortener.config import Settings
-from shortener.links.policy import is_private_host
+from shortener.links.hosts import is_private_host
 from tests.conftest import Keys
 from tests.contract import ContractClient
 from tests.services import RedisServer
@@ -118,6 +118,13 @@ async def test_path_tricks_in_codes_are_404(client: ContractClient, path: str) -
         ("0x7f.1", True),
         ("0177.0.0.1", True),
         ("127.1", True),
+        ("::127.0.0.1", True),
+        ("64:ff9b::7f00:1", True),
+        ("2002:7f00:1::", True),
+        ("localhost.localdomain", True),
+        ("127.0.0.1.nip.io", True),
+        ("10-0-0-1.sslip.io", True),
+        ("0x-1.0.0.1", False),
         ("example.com", False),
         ("93.184.216.34", False),
         ("2001:4860:4860::8888", False),

@@ -5,10 +5,14 @@ docs/SECURITY.md lists every attack with the defence and the test here that hold
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
+from shortener.app import STORE
+from shortener.auth import create_key
+from shortener.config import Settings
 from tests.conftest import Keys
 from tests.contract import ContractClient
 from tests.test_api import LINKS, create
@@ -46,3 +50,99 @@ async def test_cursor_past_64_bits_is_400(client: ContractClient, keys: Keys, cu
     await create(client, keys.alice, url="https://example.com/")
     reply = await client.get(f"{LINKS}?cursor={cursor}", headers=keys.of(keys.alice))
     assert reply.status == 400 and field_errors(reply) == ["cursor"]
+
+
+LOOPBACK_BASE = "http://127.0.0.1:18300"
+
+
+@pytest.mark.parametrize(
+    ("base", "looping", "elsewhere"),
+    [
+        (
+            LOOPBACK_BASE,
+            [
+                "http://127.1:18300/a",
+                "http://0x7f000001:18300/a",
+                "http://2130706433:18300/a",
+                "http://0177.0.0.1:18300/a",
+                "http://localhost:18300/a",
+                "http://LOCALHOST.:18300/a",
+                "http://app.localhost:18300/a",
+                "http://[::ffff:127.0.0.1]:18300/a",
+                "http://[::ffff:7f00:1]:18300/a",
+                "http://[::1]:18300/a",
+                "http://127.0.0.2:18300/a",
+                "http://0.0.0.0:18300/a",
+            ],
+            ["http://127.0.0.1.example.com:18300/a", "https://example.com/"],
+        ),
+        (
+            "https://93.184.216.34",
+            [
+                "https://1572395042/a",
+                "https://0x5db8d822/a",
+                "https://93.184.55330/a",
+                "https://[::ffff:93.184.216.34]/a",
+                "https://[64:ff9b::93.184.216.34]/a",
+                "https://[2002:5db8:d822::]/a",
+            ],
+            ["https://93.184.216.35/a", "https://localhost.example.com/"],
+        ),
+        ("https://sho.rt", ["https://SHO.RT./a", "http://sho.rt:8443/a"], ["https://sho.rt.io/"]),
+    ],
+)
+async def test_links_to_the_service_itself_in_any_spelling_are_refused(
+    make_client: Any, settings: Settings, base: str, looping: list[str], elsewhere: list[str]
+) -> None:
+    client = await make_client(dataclasses.replace(settings, base_url=base))
+    _, key = await create_key(client.app[STORE], "k", admin=True)
+    headers = {"Authorization": f"Bearer {key}"}
+    for url in looping:
+        reply = await client.post(LINKS, json={"url": url}, headers=headers)
+        assert reply.status == 400, url
+        assert "loop" in reply.json()["errors"][0]["message"], url
+    link = await create(client, key, url=elsewhere[0])
+    for url in looping:
+        patched = await client.patch(f"{LINKS}/{link['code']}", json={"url": url}, headers=headers)
+        assert patched.status == 400, url
+    for url in elsewhere:
+        assert (await client.post(LINKS, json={"url": url}, headers=headers)).status == 201, url
+
+
+# Each form decided in docs/SECURITY.md ("Where links may point").
+PRIVATE_FORMS = [
+    "http://[::127.0.0.1]/",  # IPv4-compatible IPv6, deprecated: the whole ::/96 is refused
+    "http://[::8.8.8.8]/",
+    "http://[64:ff9b::7f00:1]/",  # NAT64 to 127.0.0.1: judged by the IPv4 address it reaches
+    "http://[64:ff9b::10.0.0.1]/",
+    "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1: likewise
+    "http://[2002:c0a8:1::1]/",  # 6to4 of 192.168.0.1
+    "http://localhost.localdomain/",
+    "http://printer.localdomain/",
+    "http://127.0.0.1.nip.io/",  # a public name that spells a private address
+    "http://app.10.0.0.1.sslip.io/",
+    "http://127-0-0-1.sslip.io/",
+    "http://app-192-168-1-1.nip.io/",
+]
+PUBLIC_FORMS = [
+    "http://[64:ff9b::808:808]/",
+    "http://[2002:808:808::1]/",
+    "http://8.8.8.8.nip.io/",
+    "http://app-93-184-216-34.sslip.io/",
+    "http://2001.example.com/",
+    "http://10.example.com/",
+]
+
+
+async def test_private_targets_in_every_spelling_are_refused_for_keyless_creation(
+    make_client: Any, settings: Settings
+) -> None:
+    public = await make_client(
+        dataclasses.replace(settings, public_create=True, public_create_per_minute=1000)
+    )
+    for url in PRIVATE_FORMS:
+        reply = await public.post(LINKS, json={"url": url})
+        assert reply.status == 400, url
+        assert "private" in reply.json()["errors"][0]["message"], url
+    for url in PUBLIC_FORMS:
+        assert (await public.post(LINKS, json={"url": url})).status == 201, url

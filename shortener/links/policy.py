@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from shortener.config import normalise_domain
 from shortener.errors import invalid
+from shortener.links.hosts import is_private_host
 from shortener.store import Store
-
-# Names that only ever mean something inside a private network.
-_PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa", ".intranet")
 
 
 class DestinationPolicy:
@@ -39,56 +36,3 @@ def domain_suffixes(host: str) -> list[str]:
     """a.b.example.com -> [a.b.example.com, b.example.com, example.com, com]."""
     labels = host.split(".")
     return [".".join(labels[index:]) for index in range(len(labels))]
-
-
-def is_private_host(host: str) -> bool:
-    address = _as_ip(host)
-    if address is not None:
-        return not address.is_global
-    return host == "localhost" or host.endswith(_PRIVATE_SUFFIXES) or "." not in host
-
-
-def _as_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    return _whatwg_ipv4(host)
-
-
-def _whatwg_ipv4(host: str) -> ipaddress.IPv4Address | None:
-    """Hosts that browsers read as IPv4 though they are not dotted quads: 2130706433,
-    0x7f.1, 0177.0.0.1 all mean 127.0.0.1 to a browser's URL parser."""
-    parts = host.split(".")
-    if parts[-1] == "":
-        parts.pop()
-    if not parts or len(parts) > 4 or not _is_number(parts[-1]):
-        return None
-    try:
-        numbers = [_parse_number(part) for part in parts]
-    except ValueError:
-        return None
-    if any(number > 255 for number in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
-        return None
-    value = numbers[-1]
-    for index, number in enumerate(numbers[:-1]):
-        value += number * 256 ** (3 - index)
-    return ipaddress.IPv4Address(value)
-
-
-def _is_number(part: str) -> bool:
-    try:
-        _parse_number(part)
-    except ValueError:
-        return False
-    return True
-
-
-def _parse_number(part: str) -> int:
-    if part.lower().startswith("0x"):
-        return int(part[2:] or "0", 16)
-    if len(part) > 1 and part.startswith("0"):
-        return int(part[1:], 8)
-    if not part.isdigit():
-        raise ValueError(part)
-    return int(part)

@@ -13,6 +13,7 @@ import idna
 
 from shortener.errors import FieldError, Problem, invalid, validation_failed
 from shortener.links.codes import MAX_CODE_LENGTH, is_code, is_reserved
+from shortener.links.hosts import is_same_host
 from shortener.links.model import LinkChanges, LinkFilter, NewLink
 
 MAX_URL_LENGTH = 2048
@@ -137,7 +138,7 @@ def parse_url(raw: object, own_host: str) -> str:
         raise invalid("url", "has an invalid port")
     host = parts.hostname or ""
     ascii_host = _ascii_host(host)
-    if ascii_host.rstrip(".") == own_host.rstrip("."):
+    if is_same_host(ascii_host, own_host):
         raise invalid("url", "must not point at this service (it would loop)")
     netloc = parts.netloc
     if ascii_host != host:
