@@ -15,11 +15,12 @@ from shortener.cache.redis import RedisTier
 from shortener.cache.tiered import TieredCache
 from shortener.config import Settings
 from shortener.errors import StoreUnavailable
-from shortener.links.clicks import ClickCounter
 from shortener.links.policy import DestinationPolicy
 from shortener.links.service import LinkService
 from shortener.store import Store, make_store
 from shortener.telemetry import sync_metrics
+from shortener.visits.classify import Classifier
+from shortener.visits.recorder import VisitRecorder
 from shortener.web import MAX_BODY_BYTES
 from shortener.web.api import LinksApi
 from shortener.web.blocklist import BlocklistApi
@@ -30,6 +31,7 @@ from shortener.web.page import Page
 from shortener.web.qr import QrCodes
 from shortener.web.ratelimit import RateLimiter
 from shortener.web.redirect import Redirects
+from shortener.web.stats import VisitStatsApi
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 L1 = web.AppKey("l1", L1Cache)
 TIERED = web.AppKey("tiered", TieredCache)
-CLICKS = web.AppKey("clicks", ClickCounter)
+VISITS = web.AppKey("visits", VisitRecorder)
 LIMITER = web.AppKey("limiter", RateLimiter)
 
 
@@ -54,7 +56,14 @@ def create_app(settings: Settings) -> web.Application:
             l1,
         )
     tiered = TieredCache(l1, l2, store)
-    clicks = ClickCounter(store, settings.click_flush_interval, settings.click_buffer_max_codes)
+    visits = VisitRecorder(
+        store,
+        Classifier(settings.geoip_db, settings.trusted_proxies),
+        settings.click_flush_interval,
+        settings.visits_buffer_max_rows,
+        settings.click_buffer_max_codes,
+        settings.visits_retention_days,
+    )
     policy = DestinationPolicy(store, settings.blocklist, settings.private_targets)
     service = LinkService(store, tiered, policy)
 
@@ -65,7 +74,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STORE] = store
     app[L1] = l1
     app[TIERED] = tiered
-    app[CLICKS] = clicks
+    app[VISITS] = visits
 
     limiter = RateLimiter(settings.redis_url, settings.redis_timeout)
     app[LIMITER] = limiter
@@ -73,9 +82,10 @@ def create_app(settings: Settings) -> web.Application:
     api = LinksApi(settings, service, callers, limiter)
     blocklist = BlocklistApi(store, callers, settings.body_timeout)
     ops = Operations(store, l1, l2, probe_timeout=settings.db_connect_timeout)
-    redirects = Redirects(l1, tiered, store, clicks, limiter, settings)
+    redirects = Redirects(l1, tiered, store, visits, limiter, settings)
     page = Page()
     qr = QrCodes(settings, service, callers)
+    stats = VisitStatsApi(store, service, callers)
     app.add_routes(
         [
             # The hot path first: the dispatcher tries routes in order.
@@ -92,6 +102,7 @@ def create_app(settings: Settings) -> web.Application:
             web.patch("/api/v1/links/{code}", api.update),
             web.delete("/api/v1/links/{code}", api.delete),
             web.get("/api/v1/links/{code}/qr", qr.get),
+            web.get("/api/v1/links/{code}/stats", stats.get),
             web.get("/api/v1/blocklist", blocklist.list),
             web.post("/api/v1/blocklist", blocklist.add),
             web.delete("/api/v1/blocklist/{domain}", blocklist.remove),
@@ -99,7 +110,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_store_lifecycle)
     app.cleanup_ctx.append(_limiter_lifecycle)
-    app.cleanup_ctx.append(_click_flusher)
+    app.cleanup_ctx.append(_visit_flusher)
     app.cleanup_ctx.append(_metrics_sync)
     if l2 is not None:
         app.cleanup_ctx.append(_invalidation_listener)
@@ -119,21 +130,22 @@ async def _limiter_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[LIMITER].close()
 
 
-async def _click_flusher(app: web.Application) -> AsyncIterator[None]:
-    clicks = app[CLICKS]
-    task = asyncio.create_task(clicks.run())
+async def _visit_flusher(app: web.Application) -> AsyncIterator[None]:
+    visits = app[VISITS]
+    task = asyncio.create_task(visits.run())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     try:
-        await clicks.flush()
+        await visits.drain()
     except StoreUnavailable as exc:
-        log.error("clicks lost at shutdown, store unavailable: %s", exc)
+        log.error("visits and clicks lost at shutdown, store unavailable: %s", exc)
+    visits.close()
 
 
 async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(sync_metrics(app[TIERED], app[CLICKS], app[STORE]))
+    task = asyncio.create_task(sync_metrics(app[TIERED], app[VISITS], app[STORE]))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

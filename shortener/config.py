@@ -53,6 +53,11 @@ class Settings:
     click_flush_interval: float = 1.0
     # Counts kept for codes while the store is down; beyond this they are dropped and counted.
     click_buffer_max_codes: int = 100_000
+    # Visit analytics: a MaxMind-format country database (unset: every country unknown), how
+    # long hourly counts are kept, and how many counts a worker holds while the store is down.
+    geoip_db: str | None = None
+    visits_retention_days: int = 400
+    visits_buffer_max_rows: int = 200_000
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_connect_timeout: float = 1.0
@@ -132,6 +137,13 @@ class Settings:
             ),
             click_buffer_max_codes=reader.read(
                 "SHORTENER_CLICK_BUFFER_MAX_CODES", _positive_int, defaults.click_buffer_max_codes
+            ),
+            geoip_db=reader.read("SHORTENER_GEOIP_DB", _geoip_db, None),
+            visits_retention_days=reader.read(
+                "SHORTENER_VISITS_RETENTION_DAYS", _positive_int, defaults.visits_retention_days
+            ),
+            visits_buffer_max_rows=reader.read(
+                "SHORTENER_VISITS_BUFFER_MAX_ROWS", _positive_int, defaults.visits_buffer_max_rows
             ),
             db_pool_min=reader.read("SHORTENER_DB_POOL_MIN", _non_negative_int, 2),
             db_pool_max=reader.read("SHORTENER_DB_POOL_MAX", _positive_int, 10),
@@ -363,6 +375,18 @@ def _blocklist_file(raw: str) -> tuple[str, ...]:
         return tuple(load_blocklist(raw))
     except OSError as exc:
         raise ValueError(f"cannot read the file: {exc.strerror}") from None
+
+
+def _geoip_db(raw: str) -> str:
+    import maxminddb
+
+    try:
+        maxminddb.open_database(raw).close()
+    except OSError as exc:
+        raise ValueError(f"cannot read the file: {exc.strerror}") from None
+    except maxminddb.InvalidDatabaseError:
+        raise ValueError("is not a MaxMind DB (.mmdb) file") from None
+    return raw
 
 
 def _private_targets(raw: str) -> str:

@@ -91,6 +91,27 @@ CLICKS_DROPPED = Counter(
     "Clicks dropped because the in-memory buffer was full (too many distinct codes between "
     "flushes, most likely while the store was down).",
 )
+VISITS_RECORDED = Counter(
+    "shortener_visits_recorded_total",
+    "Redirects classified for the analytics, by kind (visit: a person; bot: a known bot or "
+    "crawler, or no User-Agent).",
+    ["kind"],
+)
+VISITS_BUFFERED = Gauge(
+    "shortener_visits_buffered",
+    "Visits recorded in memory and not yet written, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+VISITS_DROPPED = Counter(
+    "shortener_visits_dropped_total",
+    "Visits (with their clicks) dropped because a worker's bounded buffer was full, most "
+    "likely while the store was down.",
+)
+VISITS_FLUSH_DURATION = Histogram(
+    "shortener_visits_flush_duration_seconds",
+    "Time of one write of a worker's visit counts and clicks, failed writes included.",
+    buckets=LATENCY_BUCKETS,
+)
 BUILD_INFO = Gauge(
     "shortener_build_info",
     "Always 1; the labels say which build runs.",

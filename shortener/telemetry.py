@@ -8,12 +8,12 @@ import time
 from shortener import metrics
 from shortener.cache.redis import OPERATIONS
 from shortener.cache.tiered import TieredCache
-from shortener.links.clicks import ClickCounter
 from shortener.store import Store
+from shortener.visits.recorder import VisitRecorder
 
 
 async def sync_metrics(
-    tiered: TieredCache, clicks: ClickCounter, store: Store, interval: float = 1.0
+    tiered: TieredCache, visits: VisitRecorder, store: Store, interval: float = 1.0
 ) -> None:
     """Publishes the components' counters and gauges every `interval` until cancelled."""
     publisher = metrics.Publisher()
@@ -26,7 +26,7 @@ async def sync_metrics(
     store_checked = 0.0
     while True:
         metrics.REQUEST_LATENCIES.publish()
-        _publish(publisher, tiered, clicks, store)
+        _publish(publisher, tiered, visits, store)
         if time.monotonic() - store_checked >= 5:
             store_checked = time.monotonic()
             metrics.DEPENDENCY_UP.labels("store").set(await _store_answers(store))
@@ -34,7 +34,7 @@ async def sync_metrics(
 
 
 def _publish(
-    publisher: metrics.Publisher, tiered: TieredCache, clicks: ClickCounter, store: Store
+    publisher: metrics.Publisher, tiered: TieredCache, visits: VisitRecorder, store: Store
 ) -> None:
     lookups = metrics.CACHE_LOOKUPS
     l1 = tiered.l1
@@ -59,9 +59,16 @@ def _publish(
             )
         metrics.REDIS_BREAKER_OPEN.set(1 if l2.breaker.is_open else 0)
         metrics.DEPENDENCY_UP.labels("redis").set(1 if l2.up else 0)
-    metrics.CLICKS_BUFFERED.set(clicks.buffered)
-    publisher.count(metrics.CLICKS_FLUSHED, ("clicks_flushed",), clicks.flushed)
-    publisher.count(metrics.CLICKS_DROPPED, ("clicks_dropped",), clicks.dropped)
+    metrics.CLICKS_BUFFERED.set(visits.clicks_buffered)
+    publisher.count(metrics.CLICKS_FLUSHED, ("clicks_flushed",), visits.clicks_flushed)
+    publisher.count(metrics.CLICKS_DROPPED, ("clicks_dropped",), visits.clicks_dropped)
+    publisher.count(metrics.VISITS_RECORDED.labels("visit"), ("visits", "visit"), visits.visits)
+    publisher.count(metrics.VISITS_RECORDED.labels("bot"), ("visits", "bot"), visits.bots)
+    publisher.count(metrics.VISITS_DROPPED, ("visits_dropped",), visits.dropped)
+    metrics.VISITS_BUFFERED.set(visits.buffered)
+    flushes, visits.flush_seconds = visits.flush_seconds, []
+    for seconds in flushes:
+        metrics.VISITS_FLUSH_DURATION.observe(seconds)
     in_use, idle = store.pool_stats()
     metrics.DB_POOL_CONNECTIONS.labels("in_use").set(in_use)
     metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)

@@ -72,3 +72,4 @@ def test_the_fuzzing_reached_the_success_paths() -> None:
     """Runs after the fuzz above: it must have made links, not only been refused."""
     assert ANSWERS[("POST /api/v1/links", 201)] > 0, dict(ANSWERS)
     assert ANSWERS[("GET /api/v1/links", 200)] > 0, dict(ANSWERS)
+    assert any(call == "GET /api/v1/links/{code}/stats" for call, _ in ANSWERS), dict(ANSWERS)

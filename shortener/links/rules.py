@@ -196,21 +196,26 @@ def parse_alias(raw: object) -> str:
 
 
 def parse_expires_at(raw: object) -> datetime:
-    if not isinstance(raw, str):
-        raise invalid("expires_at", "must be an RFC 3339 date-time string")
-    if not _RFC3339.fullmatch(raw):
-        raise invalid(
-            "expires_at", "must be an RFC 3339 date-time with an offset, like 2030-01-01T00:00:00Z"
-        )
-    try:
-        moment = datetime.fromisoformat(raw.upper().replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        raise invalid("expires_at", "is not a real date and time") from None
-    except OverflowError:  # 9999-12-31T23:59:59-23:59 is past the year 9999 in UTC
-        raise invalid("expires_at", "must fall within the years 1 to 9999 in UTC") from None
+    moment = parse_moment("expires_at", raw)
     if moment <= datetime.now(UTC):
         raise invalid("expires_at", "must be in the future")
     return moment
+
+
+def parse_moment(field_name: str, raw: object) -> datetime:
+    """An RFC 3339 date-time with an offset, in UTC."""
+    if not isinstance(raw, str):
+        raise invalid(field_name, "must be an RFC 3339 date-time string")
+    if not _RFC3339.fullmatch(raw):
+        raise invalid(
+            field_name, "must be an RFC 3339 date-time with an offset, like 2030-01-01T00:00:00Z"
+        )
+    try:
+        return datetime.fromisoformat(raw.upper().replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        raise invalid(field_name, "is not a real date and time") from None
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is past the year 9999 in UTC
+        raise invalid(field_name, "must fall within the years 1 to 9999 in UTC") from None
 
 
 def parse_max_visits(raw: object) -> int:

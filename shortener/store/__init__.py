@@ -19,6 +19,8 @@ from shortener.links.model import (
 )
 
 NO_FILTER = LinkFilter()
+# (code, UTC hours since the epoch, dimension, value): the key of one count of visits.
+VisitKey = tuple[str, int, str, str]
 
 
 class Store(Protocol):
@@ -62,13 +64,31 @@ class Store(Protocol):
         """Live links that pass the filter, newest first; owner_id None lists every owner's."""
         ...
 
-    async def add_clicks(self, counts: Mapping[str, int]) -> None: ...
-
     async def take_visit(self, code: str) -> bool:
         """Counts one visit of a link with max_visits if one is left, atomically."""
         ...
 
     async def visits_left(self, code: str) -> bool: ...
+
+    async def add_visits(self, clicks: Mapping[str, int], counts: Mapping[VisitKey, int]) -> None:
+        """Adds clicks to links and counts to their visit counts, all or nothing."""
+        ...
+
+    async def visit_series(
+        self, link_id: int, first_hour: int, end_hour: int, bucket_hours: int
+    ) -> list[tuple[int, str, int]]:
+        """(bucket, 'visits' or 'bots', count) for hours in [first_hour, end_hour)."""
+        ...
+
+    async def visit_breakdowns(
+        self, link_id: int, first_hour: int, end_hour: int
+    ) -> list[tuple[str, str, int]]:
+        """(dimension, value, count) of human visits for hours in [first_hour, end_hour)."""
+        ...
+
+    async def purge_visits(self, before_hour: int) -> int:
+        """Deletes the counts of hours before this one; how many rows went."""
+        ...
 
     async def insert_key(self, name: str, key_hash: str, admin: bool, now: datetime) -> ApiKey: ...
 

@@ -23,10 +23,11 @@ from shortener.links.model import (
     NewLink,
 )
 from shortener.metrics import DB_QUERY_DURATION
-from shortener.store import NO_FILTER, folded, like_escape, migration_scripts
+from shortener.store import NO_FILTER, VisitKey, folded, like_escape, migration_scripts
 
 # Any number will do, as long as nothing else in the database takes the same advisory lock.
 _MIGRATION_LOCK = 0x5E0127
+_FLUSH_TIMEOUT = 30.0
 _CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled", "title", "tags")
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
@@ -231,15 +232,75 @@ class PostgresStore:
             )
         return [_link(row) for row in rows]
 
-    async def add_clicks(self, counts: Mapping[str, int]) -> None:
-        async with self._connection("add_clicks") as conn:
-            await conn.execute(
-                """UPDATE links SET clicks = links.clicks + batch.n
-                   FROM unnest($1::text[], $2::bigint[]) AS batch(code, n)
-                   WHERE links.code = batch.code""",
-                list(counts),
-                list(counts.values()),
+    async def add_visits(self, clicks: Mapping[str, int], counts: Mapping[VisitKey, int]) -> None:
+        # Sorted, so that workers flushing at once lock rows in the same order.
+        codes = sorted(clicks)
+        keys = sorted(counts)
+        async with self._connection("add_visits") as conn, conn.transaction():
+            # After an outage the backlog may take longer than a request's statement may.
+            await conn.execute(f"SET LOCAL statement_timeout = {_FLUSH_TIMEOUT * 1000:.0f}")
+            try:
+                # One statement: the clicks and the counts of the same visits commit together.
+                await conn.execute(
+                    """WITH clicked AS (
+                           UPDATE links SET clicks = links.clicks + batch.n
+                           FROM unnest($1::text[], $2::bigint[]) AS batch(code, n)
+                           WHERE links.code = batch.code
+                       )
+                       INSERT INTO visit_counts AS counted (link_id, hour, dimension, value, count)
+                       SELECT links.id, batch.hour, batch.dimension, batch.value, batch.n
+                       FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[])
+                            AS batch(code, hour, dimension, value, n)
+                       JOIN links ON links.code = batch.code
+                       ON CONFLICT (link_id, hour, dimension, value)
+                       DO UPDATE SET count = counted.count + EXCLUDED.count""",
+                    codes,
+                    [clicks[code] for code in codes],
+                    [key[0] for key in keys],
+                    [key[1] for key in keys],
+                    [key[2] for key in keys],
+                    [key[3] for key in keys],
+                    [counts[key] for key in keys],
+                    timeout=_FLUSH_TIMEOUT,
+                )
+            except asyncpg.DeadlockDetectedError as exc:
+                raise StoreUnavailable(
+                    f"deadlock, the counts are written next time: {exc}"
+                ) from exc
+
+    async def visit_series(
+        self, link_id: int, first_hour: int, end_hour: int, bucket_hours: int
+    ) -> list[tuple[int, str, int]]:
+        async with self._connection("visit_series") as conn:
+            rows = await conn.fetch(
+                """SELECT hour / $4 AS bucket, value, sum(count)::bigint AS n FROM visit_counts
+                   WHERE link_id = $1 AND dimension = 'total' AND hour >= $2 AND hour < $3
+                   GROUP BY bucket, value""",
+                link_id,
+                first_hour,
+                end_hour,
+                bucket_hours,
             )
+        return [(row["bucket"], row["value"], row["n"]) for row in rows]
+
+    async def visit_breakdowns(
+        self, link_id: int, first_hour: int, end_hour: int
+    ) -> list[tuple[str, str, int]]:
+        async with self._connection("visit_breakdowns") as conn:
+            rows = await conn.fetch(
+                """SELECT dimension, value, sum(count)::bigint AS n FROM visit_counts
+                   WHERE link_id = $1 AND dimension <> 'total' AND hour >= $2 AND hour < $3
+                   GROUP BY dimension, value""",
+                link_id,
+                first_hour,
+                end_hour,
+            )
+        return [(row["dimension"], row["value"], row["n"]) for row in rows]
+
+    async def purge_visits(self, before_hour: int) -> int:
+        async with self._connection("purge_visits") as conn:
+            status = await conn.execute("DELETE FROM visit_counts WHERE hour < $1", before_hour)
+        return int(status.split()[-1])
 
     async def take_visit(self, code: str) -> bool:
         async with self._connection("take_visit") as conn:

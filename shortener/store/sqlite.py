@@ -21,7 +21,7 @@ from shortener.links.model import (
     LinkFilter,
     NewLink,
 )
-from shortener.store import NO_FILTER, folded, like_escape, migration_scripts
+from shortener.store import NO_FILTER, VisitKey, folded, like_escape, migration_scripts
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
     redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version, title, tags"""
@@ -32,24 +32,31 @@ class SqliteStore:
     def __init__(self, settings: Settings) -> None:
         self._path = settings.sqlite_path
         self._db: aiosqlite.Connection | None = None
+        self._writer: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
+        self._db = await self._connect()
+        self._writer = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
         try:
             # isolation_level None: each statement commits on its own unless we say BEGIN.
-            self._db = await aiosqlite.connect(self._path, isolation_level=None)
+            db = await aiosqlite.connect(self._path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite file {self._path}: {exc}") from exc
-        self._db.row_factory = sqlite3.Row
+        db.row_factory = sqlite3.Row
         # WAL lets several workers read while one writes; writers wait instead of failing.
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        return db
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        for db in (self._db, self._writer):
+            if db is not None:
+                await db.close()
+        self._db = self._writer = None
 
     def pool_stats(self) -> tuple[int, int]:
         """One connection, never held between statements."""
@@ -60,6 +67,12 @@ class SqliteStore:
         if self._db is None:
             raise StoreUnavailable("the store is not open")
         return self._db
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        return self._writer
 
     async def migrate(self) -> list[int]:
         db = self.db
@@ -202,17 +215,67 @@ class SqliteStore:
             rows = await cursor.fetchall()
         return [_link(row) for row in rows]
 
-    async def add_clicks(self, counts: Mapping[str, int]) -> None:
-        # One statement, so the batch commits atomically without a transaction that other
-        # coroutines sharing this connection could fall into.
-        await self.db.execute(
-            """UPDATE links SET clicks = clicks + batch.n
-               FROM (SELECT json_extract(value, '$[0]') AS code,
-                            json_extract(value, '$[1]') AS n
-                     FROM json_each(?)) AS batch
-               WHERE links.code = batch.code""",
-            (orjson.dumps(list(counts.items())).decode(),),
-        )
+    async def add_visits(self, clicks: Mapping[str, int], counts: Mapping[VisitKey, int]) -> None:
+        # A connection of its own, used by nothing else: its transaction cannot take in the
+        # statements of other coroutines, so clicks and counts commit together or not at all.
+        db = self.writer
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(
+                    """UPDATE links SET clicks = clicks + batch.n
+                       FROM (SELECT json_extract(value, '$[0]') AS code,
+                                    json_extract(value, '$[1]') AS n
+                             FROM json_each(?)) AS batch
+                       WHERE links.code = batch.code""",
+                    (orjson.dumps(list(clicks.items())).decode(),),
+                )
+                await db.execute(
+                    """INSERT INTO visit_counts (link_id, hour, dimension, value, count)
+                       SELECT links.id, json_extract(batch.value, '$[1]'),
+                              json_extract(batch.value, '$[2]'), json_extract(batch.value, '$[3]'),
+                              json_extract(batch.value, '$[4]')
+                       FROM json_each(?) AS batch
+                       JOIN links ON links.code = json_extract(batch.value, '$[0]')
+                       WHERE true
+                       ON CONFLICT (link_id, hour, dimension, value)
+                       DO UPDATE SET count = visit_counts.count + excluded.count""",
+                    (orjson.dumps([[*key, count] for key, count in counts.items()]).decode(),),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite could not write the visits: {exc}") from exc
+
+    async def visit_series(
+        self, link_id: int, first_hour: int, end_hour: int, bucket_hours: int
+    ) -> list[tuple[int, str, int]]:
+        async with self.db.execute(
+            """SELECT hour / ? AS bucket, value, sum(count) FROM visit_counts
+               WHERE link_id = ? AND dimension = 'total' AND hour >= ? AND hour < ?
+               GROUP BY bucket, value""",
+            (bucket_hours, link_id, first_hour, end_hour),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(bucket, value, count) for bucket, value, count in rows]
+
+    async def visit_breakdowns(
+        self, link_id: int, first_hour: int, end_hour: int
+    ) -> list[tuple[str, str, int]]:
+        async with self.db.execute(
+            """SELECT dimension, value, sum(count) FROM visit_counts
+               WHERE link_id = ? AND dimension <> 'total' AND hour >= ? AND hour < ?
+               GROUP BY dimension, value""",
+            (link_id, first_hour, end_hour),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(dimension, value, count) for dimension, value, count in rows]
+
+    async def purge_visits(self, before_hour: int) -> int:
+        cursor = await self.db.execute("DELETE FROM visit_counts WHERE hour < ?", (before_hour,))
+        return int(cursor.rowcount)
 
     async def take_visit(self, code: str) -> bool:
         cursor = await self.db.execute(

@@ -110,11 +110,17 @@ class PenaltyBox:
 
 def client_address(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
     """The peer, or behind trusted proxies the nearest untrusted hop of X-Forwarded-For."""
-    peer = request.remote or ""
-    if not trusted or not _is_trusted(peer, trusted):
+    return forwarded_client(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+
+
+def forwarded_client(
+    peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]
+) -> str:
+    peer = peer or ""
+    if not trusted or forwarded_for is None or not _is_trusted(peer, trusted):
         return peer
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
-    for hop in reversed(hops):
+    for hop in reversed(forwarded_for.split(",")):
+        hop = hop.strip()
         if hop and not _is_trusted(hop, trusted):
             return hop
     return peer

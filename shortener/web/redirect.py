@@ -10,10 +10,10 @@ from shortener.cache.l1 import L1Cache
 from shortener.cache.tiered import TieredCache
 from shortener.config import Settings
 from shortener.errors import gone, not_found, rate_limited
-from shortener.links.clicks import ClickCounter
 from shortener.links.codes import CODE_SHAPE
 from shortener.links.model import MISSING
 from shortener.store import Store
+from shortener.visits.recorder import VisitRecorder
 from shortener.web.problems import render
 from shortener.web.ratelimit import PenaltyBox, RateLimiter, client_address
 
@@ -28,14 +28,14 @@ class Redirects:
         l1: L1Cache,
         tiered: TieredCache,
         store: Store,
-        clicks: ClickCounter,
+        visits: VisitRecorder,
         limiter: RateLimiter,
         settings: Settings,
     ) -> None:
         self._l1 = l1
         self._tiered = tiered
         self._store = store
-        self._clicks = clicks
+        self._visits = visits
         self._limiter = limiter
         self._penalty = PenaltyBox()
         self._trusted = settings.trusted_proxies
@@ -70,9 +70,9 @@ class Redirects:
                 return render(request, gone())
             cache_control = NO_STORE
         else:
-            if counts:
-                self._clicks.add(code)
             cache_control = NO_STORE if target.expires_at is not None else CACHE_CONTROL
+        if counts:  # the visit, and its click unless the store counted it just now
+            self._visits.record(code, request, clicked=target.max_visits is not None)
 
         return web.Response(
             status=target.status,

@@ -1,0 +1,1 @@
+"""Visit analytics: who followed a link, from where, on what, counted off the request path."""

@@ -1,0 +1,201 @@
+"""Visits buffered per worker, classified and counted in the background, written in batches.
+
+The redirect only appends the raw facts of a visit to a bounded list. Every flush interval
+the list is classified into counts per (code, UTC hour, dimension, value), and those counts
+and the links' clicks are written together in one statement, so `visits + bots == clicks`
+holds by construction. While the store is down the counts wait here, bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import TypeVar
+
+from aiohttp import web
+
+from shortener.errors import StoreUnavailable
+from shortener.store import Store, VisitKey
+from shortener.visits.classify import Classifier, referrer_host
+
+log = logging.getLogger(__name__)
+_K = TypeVar("_K")
+
+# (code, time, User-Agent, Referer, peer, X-Forwarded-For, click already counted by the store)
+RawVisit = tuple[str, float, str | None, str | None, str | None, str | None, bool]
+
+# Raw visits a worker holds between two classifications (a second apart): far above what
+# one worker answers in a second, and a few dozen MB at most.
+RAW_BUFFER_MAX = 50_000
+# Visits classified before the loop lets requests in again.
+_CHUNK = 500
+_PURGE_EVERY = 3600.0
+
+
+class VisitRecorder:
+    def __init__(
+        self,
+        store: Store,
+        classifier: Classifier,
+        interval: float,
+        max_rows: int,
+        max_codes: int,
+        retention_days: int,
+    ) -> None:
+        self._store = store
+        self._classifier = classifier
+        self._interval = interval
+        self._max_rows = max_rows
+        self._max_codes = max_codes
+        self._retention_hours = retention_days * 24
+        self._forwarded = bool(classifier.geolocates and classifier.trusted)
+        self._raw: list[RawVisit] = []
+        self._counts: dict[VisitKey, int] = {}
+        self._clicks: dict[str, int] = {}
+        self._pending_visits = 0
+        self._pending_clicks = 0
+        self._purged_at = -_PURGE_EVERY
+        # Plain counters, published as metrics once a second.
+        self.visits = 0
+        self.bots = 0
+        self.dropped = 0
+        self.clicks_dropped = 0
+        self.flushed = 0
+        self.clicks_flushed = 0
+        self.flush_seconds: list[float] = []
+
+    def record(self, code: str, request: web.Request, clicked: bool) -> None:
+        """The redirect's one call: keep the raw facts for the background, nothing more."""
+        raw = self._raw
+        if len(raw) >= RAW_BUFFER_MAX:
+            self._drop(clicked)
+            return
+        headers = request.headers
+        raw.append(
+            (
+                code,
+                time.time(),
+                headers.get("User-Agent"),
+                headers.get("Referer"),
+                request.remote,
+                headers.get("X-Forwarded-For") if self._forwarded else None,
+                clicked,
+            )
+        )
+
+    @property
+    def buffered(self) -> int:
+        """Visits recorded and not yet written."""
+        return len(self._raw) + self._pending_visits
+
+    @property
+    def clicks_buffered(self) -> int:
+        return sum(1 for visit in self._raw if not visit[6]) + self._pending_clicks
+
+    async def aggregate(self) -> None:
+        """Classifies the raw visits into counts, a chunk at a time between requests."""
+        raw, self._raw = self._raw, []
+        for start in range(0, len(raw), _CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            for visit in raw[start : start + _CHUNK]:
+                self._count(visit)
+
+    def _count(self, visit: RawVisit) -> None:
+        code, at, user_agent, referer, peer, forwarded_for, clicked = visit
+        hour = int(at // 3600)
+        agent = self._classifier.agent(user_agent)
+        if agent.bot:
+            keys: tuple[VisitKey, ...] = ((code, hour, "total", "bots"),)
+        else:
+            country = self._classifier.country(peer, forwarded_for)
+            keys = (
+                (code, hour, "total", "visits"),
+                (code, hour, "referrer", referrer_host(referer)),
+                (code, hour, "country", country),
+                (code, hour, "browser", agent.browser),
+                (code, hour, "os", agent.os),
+                (code, hour, "device", agent.device),
+            )
+        counts = self._counts
+        clicks = self._clicks
+        new_rows = sum(1 for key in keys if key not in counts)
+        new_code = not clicked and code not in clicks
+        if len(counts) + new_rows > self._max_rows or (new_code and len(clicks) >= self._max_codes):
+            # A visit is kept whole or dropped whole, with its click: the totals stay equal.
+            self._drop(clicked)
+            return
+        for key in keys:
+            counts[key] = counts.get(key, 0) + 1
+        if not clicked:
+            clicks[code] = clicks.get(code, 0) + 1
+            self._pending_clicks += 1
+        self._pending_visits += 1
+        if agent.bot:
+            self.bots += 1
+        else:
+            self.visits += 1
+
+    def _drop(self, clicked: bool) -> None:
+        self.dropped += 1
+        if not clicked:
+            self.clicks_dropped += 1
+
+    async def flush(self) -> None:
+        """Writes every count in one statement; on failure keeps them for the next flush."""
+        if not self._counts:
+            return
+        counts, clicks = self._counts, self._clicks
+        visits, clicked = self._pending_visits, self._pending_clicks
+        self._counts, self._clicks = {}, {}
+        self._pending_visits = self._pending_clicks = 0
+        started = time.perf_counter()
+        try:
+            await self._store.add_visits(clicks, counts)
+        except StoreUnavailable:
+            # Merged back whole, so a visit is never half written; the bound applies to new
+            # visits, so memory stays within about twice the limit.
+            _merge(self._counts, counts)
+            _merge(self._clicks, clicks)
+            self._pending_visits += visits
+            self._pending_clicks += clicked
+            raise
+        finally:
+            self.flush_seconds.append(time.perf_counter() - started)
+        self.flushed += visits
+        self.clicks_flushed += clicked
+
+    async def purge(self) -> None:
+        """Deletes counts older than the retention, once an hour."""
+        now = time.monotonic()
+        if now - self._purged_at < _PURGE_EVERY:
+            return
+        self._purged_at = now
+        before = int(time.time() // 3600) - self._retention_hours
+        deleted = await self._store.purge_visits(before)
+        if deleted:
+            log.info("visit counts older than the retention deleted: %d rows", deleted)
+
+    async def drain(self) -> None:
+        """Classifies and writes everything held: at shutdown."""
+        await self.aggregate()
+        await self.flush()
+
+    def close(self) -> None:
+        self._classifier.close()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.drain()
+                await self.purge()
+            except StoreUnavailable as exc:
+                log.warning("visits kept in memory, store unavailable: %s", exc)
+
+
+def _merge(into: dict[_K, int], counts: Mapping[_K, int]) -> None:
+    for key, count in counts.items():
+        into[key] = into.get(key, 0) + count
