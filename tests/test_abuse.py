@@ -78,7 +78,8 @@ async def test_hostile_bodies_get_their_4xx_and_store_nothing(
 async def test_malformed_and_deep_bodies_are_4xx_and_store_nothing(
     client: ContractClient, keys: Keys, raw: bytes
 ) -> None:
-    reply = await client.post(LINKS, data=raw, headers=keys.of(keys.alice))
+    headers = {**keys.of(keys.alice), "Content-Type": "application/json"}
+    reply = await client.post(LINKS, data=raw, headers=headers)
     assert reply.status in {400, 413}
     await nothing_stored(client, keys)
 

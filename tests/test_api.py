@@ -187,7 +187,8 @@ async def test_malformed_bodies_are_400(
 
 async def test_body_over_16_kib_is_413(client: ContractClient, keys: Keys) -> None:
     body = b'{"url": "https://example.com/' + b"a" * 16_400 + b'"}'
-    reply = await client.post(LINKS, data=body, headers=keys.of(keys.alice))
+    headers = {**keys.of(keys.alice), "Content-Type": "application/json"}
+    reply = await client.post(LINKS, data=body, headers=headers)
     assert reply.status == 413
     assert reply.content_type == "application/problem+json"
 
@@ -197,7 +198,8 @@ async def test_chunked_body_over_16_kib_is_413(client: ContractClient, keys: Key
         for _ in range(20):
             yield b" " * 1024
 
-    reply = await client.post(LINKS, data=chunks(), headers=keys.of(keys.alice))
+    headers = {**keys.of(keys.alice), "Content-Type": "application/json"}
+    reply = await client.post(LINKS, data=chunks(), headers=headers)
     assert reply.status == 413
 
 
@@ -327,7 +329,8 @@ async def test_bad_patch_input_is_400_and_changes_nothing(
 
 async def test_patch_body_must_be_an_object(client: ContractClient, keys: Keys) -> None:
     link = await create(client, keys.alice, url="https://example.com/keep")
-    reply = await client.patch(f"{LINKS}/{link['code']}", data=b"[]", headers=keys.of(keys.alice))
+    headers = {**keys.of(keys.alice), "Content-Type": "application/json"}
+    reply = await client.patch(f"{LINKS}/{link['code']}", data=b"[]", headers=headers)
     assert reply.status == 400
 
 

@@ -146,3 +146,46 @@ async def test_private_targets_in_every_spelling_are_refused_for_keyless_creatio
         assert "private" in reply.json()["errors"][0]["message"], url
     for url in PUBLIC_FORMS:
         assert (await public.post(LINKS, json={"url": url})).status == 201, url
+
+
+async def test_other_sites_cannot_create_links_through_their_visitors(
+    make_client: Any, settings: Settings
+) -> None:
+    public = await make_client(
+        dataclasses.replace(settings, public_create=True, public_create_per_minute=1000)
+    )
+    body = b'{"url": "https://evil.example/"}'
+    # What a page of another site can send without a CORS preflight: a form or text/plain.
+    # Refused by its type alone, and by its Origin when the browser names one.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]:
+        reply = await public.post(LINKS, data=body, headers={"Content-Type": content_type})
+        assert reply.status == 415, content_type
+        assert reply.json()["type"].endswith(":unsupported-media-type")
+        reply = await public.post(
+            LINKS,
+            data=body,
+            headers={"Content-Type": content_type, "Origin": "https://attacker.example"},
+        )
+        assert reply.status == 403, content_type
+    # JSON needs a preflight, which the service never grants; an Origin tells even so.
+    for origin in ["https://attacker.example", "null", "https://sho.rt.attacker.example"]:
+        reply = await public.post(
+            LINKS, json={"url": "https://evil.example/"}, headers={"Origin": origin}
+        )
+        assert reply.status == 403, origin
+    _, key = await create_key(public.app[STORE], "k", admin=True)
+    listing = await public.get(LINKS, headers={"Authorization": f"Bearer {key}"})
+    assert listing.json()["items"] == []
+    # The service's own page, and clients that are not browsers, still create.
+    own = await public.post(
+        LINKS, json={"url": "https://example.com/"}, headers={"Origin": "https://sho.rt"}
+    )
+    assert own.status == 201
+    assert (await public.post(LINKS, json={"url": "https://example.com/"})).status == 201
+    link = own.json()
+    patched = await public.patch(
+        f"{LINKS}/{link['code']}",
+        data=b'{"url": "https://example.com/b"}',
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "text/plain"},
+    )
+    assert patched.status == 415

@@ -7,6 +7,7 @@ import base64
 import binascii
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -38,13 +39,18 @@ class LinksApi:
         settings = self._settings
         caller = await self._callers.optional(request, required=not settings.public_create)
         if caller is None:
+            # Without a key nothing but the visitor's browser vouches for the request, so a
+            # page of another site must not use it; with one, the header needs a preflight.
+            refuse_foreign_origin(request, settings.base_url)
+        body = await read_json(request, settings.body_timeout)
+        if caller is None:
             address = client_address(request, settings.trusted_proxies)
             await self._limiter.check("create-keyless", address, settings.public_create_per_minute)
         else:
             await self._limiter.check(
                 "create-key", str(caller.id), settings.creates_per_key_per_minute
             )
-        new = parse_new_link(await read_json(request, settings.body_timeout), settings.base_host)
+        new = parse_new_link(body, settings.base_host)
         link = await self._service.create(new, caller)
         return self._json(link, status=201, headers={"Location": f"/api/v1/links/{link.code}"})
 
@@ -105,7 +111,33 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def refuse_foreign_origin(request: web.Request, base_url: str) -> None:
+    """403 unless the request comes from no page, or from a page of this service."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    base = urlsplit(base_url)
+    own = f"{base.scheme}://{base.netloc}".lower()
+    sent = urlsplit(origin.lower())
+    if origin.lower() != own and (not sent.netloc or sent.netloc != request.host.lower()):
+        raise Problem(
+            403,
+            "forbidden",
+            "Forbidden",
+            "Links are created without a key only from this service's own pages.",
+        )
+
+
 async def read_json(request: web.Request, body_timeout: float) -> object:
+    # A form or text/plain body needs no preflight, so requiring JSON keeps other sites'
+    # pages from sending writes at all.
+    if request.content_type != "application/json":
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "The body must be sent as Content-Type: application/json.",
+        )
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise Problem(
             413,
