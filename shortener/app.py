@@ -97,6 +97,7 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/metrics", ops.metrics),
             web.get("/api/v1/openapi.json", ops.openapi),
             web.post("/api/v1/links", api.create),
+            web.post("/api/v1/links/batch", api.create_batch),
             web.get("/api/v1/links", api.list),
             web.get("/api/v1/links/{code}", api.get),
             web.patch("/api/v1/links/{code}", api.update),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 import pytest
 
+from shortener.config import Settings
 from tests.conftest import Keys
 from tests.contract import ContractClient
 from tests.test_api import LINKS, create
@@ -190,3 +193,167 @@ async def test_bad_filters_are_400_naming_the_parameter(
     reply = await client.get(f"{LINKS}?{query}", headers=keys.of(keys.alice))
     assert reply.status == 400
     assert reply.json()["errors"][0]["field"] == query.split("=")[0]
+
+
+BATCH = f"{LINKS}/batch"
+
+
+async def batch(client: ContractClient, key: str | None, links: list[Any]) -> list[Any]:
+    headers = {"X-API-Key": key} if key else {}
+    reply = await client.post(BATCH, json={"links": links}, headers=headers)
+    assert reply.status == 200, reply.body
+    results: list[Any] = reply.json()["results"]
+    assert len(results) == len(links)
+    return results
+
+
+async def test_batch_judges_each_item_alone_and_keeps_the_order(
+    client: ContractClient, keys: Keys
+) -> None:
+    await create(client, keys.bob, url="https://example.com/bob", alias="bobs")
+    await client.post(
+        "/api/v1/blocklist", json={"domain": "blocked.test"}, headers=keys.of(keys.admin)
+    )
+    results = await batch(
+        client,
+        keys.alice,
+        [
+            {"url": "https://example.com/1", "title": "one", "tags": ["A"]},
+            {"url": "ftp://example.com/bad"},
+            {"url": "https://example.com/2", "alias": "mine"},
+            {"url": "https://example.com/3", "alias": "bobs"},
+            {"url": "https://example.com/4", "alias": "mine"},
+            {"url": "https://www.blocked.test/x"},
+            {"url": "https://example.com/5", "unknown": 1},
+            "not an object",
+            {"url": "https://example.com/6", "title": "x" * 17_000},
+            {"url": "https://example.com/7", "redirect_status": 301},
+        ],
+    )
+    assert [result["status"] for result in results] == [
+        201,
+        400,
+        201,
+        409,
+        409,
+        400,
+        400,
+        400,
+        413,
+        201,
+    ]
+    assert results[0]["link"]["title"] == "one" and results[0]["link"]["tags"] == ["a"]
+    assert results[2]["link"]["code"] == "mine"
+    assert results[1]["problem"]["errors"][0]["field"] == "url"
+    assert results[5]["problem"]["errors"][0]["field"] == "url"
+    assert results[6]["problem"]["errors"][0]["field"] == "unknown"
+    assert results[9]["link"]["redirect_status"] == 301
+    for result in (results[0], results[2], results[9]):
+        code = result["link"]["code"]
+        found = await client.get(f"/{code}")
+        assert found.headers["Location"] == result["link"]["url"]
+    # one request, newest first: the later item is listed first
+    listed = await pages(client, keys.alice, 100)
+    assert listed == [results[i]["link"]["code"] for i in (9, 2, 0)]
+
+
+async def test_batch_create_replaces_a_cached_unknown_code(
+    client: ContractClient, keys: Keys
+) -> None:
+    assert (await client.get("/later")).status == 404
+    results = await batch(client, keys.alice, [{"url": "https://example.com/l", "alias": "later"}])
+    assert results[0]["status"] == 201
+    assert (await client.get("/later")).headers["Location"] == "https://example.com/l"
+
+
+async def test_batch_of_a_thousand_creates_a_thousand(
+    make_client: Any, settings: Settings, keys: Keys
+) -> None:
+    client = await make_client(dataclasses.replace(settings, creates_per_key_per_minute=1000))
+    links = [{"url": f"https://example.com/{i}", "tags": ["bulk"]} for i in range(1000)]
+    results = await batch(client, keys.alice, links)
+    assert {result["status"] for result in results} == {201}
+    codes = [result["link"]["code"] for result in results]
+    assert len(set(codes)) == 1000
+    assert [result["link"]["url"] for result in results] == [link["url"] for link in links]
+    assert await pages(client, keys.alice, 100, tag="bulk") == list(reversed(codes))
+
+
+async def test_batch_counts_the_rate_limit_per_link(
+    make_client: Any, settings: Settings, keys: Keys
+) -> None:
+    limited = await make_client(dataclasses.replace(settings, creates_per_key_per_minute=5))
+    results = await batch(limited, keys.alice, [{"url": "https://example.com/"}] * 3)
+    assert [result["status"] for result in results] == [201] * 3
+    results = await batch(
+        limited, keys.alice, [{"url": "ftp://bad"}] + [{"url": "https://e.com/"}] * 3
+    )
+    # the invalid item counts too, as an invalid single create would
+    assert [result["status"] for result in results] == [400, 201, 429, 429]
+    assert "try again in" in results[2]["problem"]["detail"]
+    single = await limited.post(LINKS, json={"url": "https://e.com/"}, headers=keys.of(keys.alice))
+    assert single.status == 429
+    other = await batch(limited, keys.bob, [{"url": "https://example.com/"}])
+    assert other[0]["status"] == 201
+
+
+async def test_keyless_batch_needs_public_create_and_is_limited_per_address(
+    make_client: Any, settings: Settings
+) -> None:
+    closed = await make_client(settings)
+    assert (await closed.post(BATCH, json={"links": [{"url": "https://e.com/"}]})).status == 401
+    public = await make_client(
+        dataclasses.replace(settings, public_create=True, public_create_per_minute=2)
+    )
+    results = await batch(public, None, [{"url": "https://e.com/"}] * 3)
+    assert [result["status"] for result in results] == [201, 201, 429]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"links": []},
+        {"links": [{"url": "https://example.com/"}] * 1001},
+        {"links": {"url": "https://example.com/"}},
+        {"links": None},
+        {},
+        {"links": [{"url": "https://example.com/"}], "extra": 1},
+        [{"url": "https://example.com/"}],
+    ],
+)
+async def test_bad_batch_bodies_are_400(client: ContractClient, keys: Keys, body: Any) -> None:
+    reply = await client.post(BATCH, json=body, headers=keys.of(keys.alice))
+    assert reply.status == 400
+
+
+async def test_hostile_batch_bodies_are_refused_without_harm(
+    client: ContractClient, keys: Keys
+) -> None:
+    item = {"url": "https://example.com/" + "a" * 2000, "title": "t" * 512, "pad": "x" * 13_500}
+    huge = orjson.dumps({"links": [item] * 1000})
+    assert len(huge) > 16_000_000
+    reply = await client.post(
+        BATCH, data=huge, headers={**keys.of(keys.alice), "Content-Type": "application/json"}
+    )
+    assert reply.status == 413
+
+    async def chunks() -> Any:
+        for _ in range(100):
+            yield b" " * 65_536
+
+    chunked = await client.post(BATCH, data=chunks(), headers=keys.of(keys.alice))
+    assert chunked.status == 413
+    nested = b'{"links": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+    deep = await client.post(BATCH, data=nested, headers=keys.of(keys.alice))
+    assert deep.status == 400
+    nested_item = {"links": [{"url": "https://example.com/", "title": _nest(200)}]}
+    results = await batch(client, keys.alice, nested_item["links"])
+    assert results[0]["status"] == 400
+    assert await pages(client, keys.alice, 100) == []
+
+
+def _nest(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value

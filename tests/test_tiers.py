@@ -110,6 +110,20 @@ async def test_new_alias_replaces_a_cached_unknown_code_everywhere(make_app: Mak
     assert (await reader.get("/fresh")).status == 302
 
 
+async def test_batch_create_replaces_cached_unknown_codes_everywhere(make_app: MakeApp) -> None:
+    writer, reader = await make_app(), await make_app()
+    await subscribed(writer, reader)
+    assert (await reader.get("/bulk1")).status == 404
+    assert (await reader.get("/bulk2")).status == 404
+    headers = await admin_headers(writer)
+    links = [{"url": f"https://example.com/{code}", "alias": code} for code in ("bulk1", "bulk2")]
+    reply = await writer.post(f"{LINKS}/batch", json={"links": links}, headers=headers)
+    assert [result["status"] for result in reply.json()["results"]] == [201, 201]
+    await asyncio.sleep(0.1)
+    assert (await reader.get("/bulk1")).headers["Location"] == "https://example.com/bulk1"
+    assert (await reader.get("/bulk2")).headers["Location"] == "https://example.com/bulk2"
+
+
 async def test_l2_answers_misses_of_l1_and_the_store_is_asked_once(make_app: MakeApp) -> None:
     writer = await make_app()
     headers = await admin_headers(writer)

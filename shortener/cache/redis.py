@@ -123,7 +123,12 @@ class RedisTier:
         Writes always try Redis, breaker or not: they are rare, and an invalidation must go
         out the moment Redis can take it. What cannot go out now waits for the next chance.
         """
-        self._remember_unpublished(code, target)
+        await self.changed_many([(code, target)])
+
+    async def changed_many(self, changes: list[tuple[str, Target]]) -> None:
+        """changed() for many codes in one pipeline."""
+        for code, target in changes:
+            self._remember_unpublished(code, target)
         await self._publish_pending()
 
     async def _publish_pending(self) -> None:

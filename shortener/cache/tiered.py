@@ -51,6 +51,11 @@ class TieredCache:
 
     async def changed(self, link: Link) -> None:
         """After a write to the store: no worker of any instance may keep the old answer."""
-        self.l1.invalidate(link.code)
+        await self.changed_many([link])
+
+    async def changed_many(self, links: list[Link]) -> None:
+        """changed() for many links, with one Redis round trip for them all."""
+        for link in links:
+            self.l1.invalidate(link.code)
         if self.l2 is not None:
-            await self.l2.changed(link.code, link.target())
+            await self.l2.changed_many([(link.code, link.target()) for link in links])

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from shortener.config import normalise_domain
-from shortener.errors import invalid
+from shortener.errors import Problem, invalid
 from shortener.links.hosts import is_private_host
 from shortener.store import Store
 
@@ -19,17 +19,37 @@ class DestinationPolicy:
 
     async def check(self, url: str, keyless: bool) -> None:
         """Raises a validation problem on `url` unless the policy lets a link point there."""
-        host = (urlsplit(url).hostname or "").rstrip(".").lower()
-        if self._denies_private(keyless) and is_private_host(host):
-            raise invalid("url", "must not point at a private or local network address")
-        suffixes = domain_suffixes(host)
-        if self._blocked.intersection(suffixes) or await self._store.blocked_among(suffixes):
-            raise invalid("url", "points at a blocked domain")
+        problem = (await self.check_many([url], keyless))[0]
+        if problem is not None:
+            raise problem
+
+    async def check_many(self, urls: list[str], keyless: bool) -> list[Problem | None]:
+        """For each url, the problem that keeps a link from pointing there, or None; the
+        blocklist in the store is asked once for them all."""
+        suffixes = [domain_suffixes(_host(url)) for url in urls]
+        wanted = sorted({suffix for each in suffixes for suffix in each} - self._blocked)
+        blocked = self._blocked | (await self._store.blocked_among(wanted) if wanted else set())
+        denies_private = self._denies_private(keyless)
+        problems: list[Problem | None] = []
+        for url, domains in zip(urls, suffixes, strict=True):
+            if denies_private and is_private_host(_host(url)):
+                problems.append(
+                    invalid("url", "must not point at a private or local network address")
+                )
+            elif blocked.intersection(domains):
+                problems.append(invalid("url", "points at a blocked domain"))
+            else:
+                problems.append(None)
+        return problems
 
     def _denies_private(self, keyless: bool) -> bool:
         return self._private_targets == "deny" or (
             self._private_targets == "deny-keyless" and keyless
         )
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").rstrip(".").lower()
 
 
 def domain_suffixes(host: str) -> list[str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from shortener.cache.tiered import TieredCache
-from shortener.errors import CodeTaken, conflict, not_found, unavailable
+from shortener.errors import CodeTaken, Problem, conflict, not_found, unavailable
 from shortener.links import codes
 from shortener.links.model import ApiKey, Link, LinkChanges, LinkFilter, NewLink
 from shortener.links.policy import DestinationPolicy
@@ -29,12 +30,56 @@ class LinkService:
             try:
                 link = await self._store.insert_link(new.alias, new, owner_id, now)
             except CodeTaken:
-                raise conflict(f"The alias {new.alias!r} is taken.") from None
+                raise _taken(new.alias) from None
         else:
             link = await self._insert_generated(new, owner_id, now)
         # A lookup of this code may have been cached as unknown.
         await self._cache.changed(link)
         return link
+
+    async def create_many(
+        self, items: list[NewLink | Problem], owner: ApiKey | None
+    ) -> list[Link | Problem]:
+        """Creates each valid item as create() would, one store round trip for the batch
+        (codes that collide are retried one by one); a problem item stays as it is."""
+        results: dict[int, Link | Problem] = {
+            index: item for index, item in enumerate(items) if isinstance(item, Problem)
+        }
+        valid = [(index, new) for index, new in enumerate(items) if isinstance(new, NewLink)]
+        checks = await self._policy.check_many([new.url for _, new in valid], owner is None)
+        rows: dict[str, tuple[int, NewLink]] = {}
+        generated = []
+        for (index, new), problem in zip(valid, checks, strict=True):
+            if problem is not None:
+                results[index] = problem
+            elif new.alias is None:
+                generated.append((index, new))
+            elif new.alias in rows:
+                results[index] = _taken(new.alias)
+            else:
+                rows[new.alias] = (index, new)
+        for index, new in generated:
+            rows[_fresh_code(rows)] = (index, new)
+        owner_id = owner.id if owner else None
+        now = datetime.now(UTC)
+        in_order = sorted(rows.items(), key=lambda row: row[1][0])
+        rows_in_order = [(code, new) for code, (_, new) in in_order]
+        made = await self._store.insert_links(rows_in_order, owner_id, now) if in_order else {}
+        for code, (index, new) in in_order:
+            link = made.get(code)
+            if link is not None:
+                results[index] = link
+            elif new.alias is not None:
+                results[index] = _taken(code)
+            else:
+                try:
+                    results[index] = await self._insert_generated(new, owner_id, now)
+                except Problem as problem:
+                    results[index] = problem
+        # Lookups of these codes may have been cached as unknown.
+        made_links = [link for link in results.values() if isinstance(link, Link)]
+        await self._cache.changed_many(made_links)
+        return [results[index] for index in range(len(items))]
 
     async def _insert_generated(self, new: NewLink, owner_id: int | None, now: datetime) -> Link:
         for length in range(codes.GENERATED_LENGTH, codes.GENERATED_LENGTH + 4):
@@ -74,6 +119,17 @@ class LinkService:
     ) -> list[Link]:
         owner_id = None if caller.admin else caller.id
         return await self._store.list_links(owner_id, before_id, limit, where)
+
+
+def _taken(alias: str) -> Problem:
+    return conflict(f"The alias {alias!r} is taken.")
+
+
+def _fresh_code(used: Mapping[str, object]) -> str:
+    while True:
+        code = codes.generate()
+        if code not in used:
+            return code
 
 
 def _may_see(caller: ApiKey, link: Link) -> bool:

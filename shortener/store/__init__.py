@@ -46,6 +46,13 @@ class Store(Protocol):
         """Raises CodeTaken if the code is or ever was in use."""
         ...
 
+    async def insert_links(
+        self, rows: list[tuple[str, NewLink]], owner_id: int | None, now: datetime
+    ) -> dict[str, Link]:
+        """Inserts every (code, link) whose code is free, in one round trip, in order; the
+        links made, by code (a code that is or ever was in use is absent)."""
+        ...
+
     async def get_link(self, code: str) -> Link | None:
         """The link with this code, deleted or not."""
         ...
@@ -102,8 +109,8 @@ class Store(Protocol):
 
     async def revoke_key(self, key_id: int, now: datetime) -> bool: ...
 
-    async def blocked_among(self, domains: list[str]) -> bool:
-        """True if any of these domains is on the blocklist."""
+    async def blocked_among(self, domains: list[str]) -> set[str]:
+        """Those of these domains that are on the blocklist."""
         ...
 
     async def block_domain(self, domain: str, reason: str, now: datetime) -> BlockedDomain: ...

@@ -159,6 +159,38 @@ class PostgresStore:
         assert row is not None
         return _link(row)
 
+    async def insert_links(
+        self, rows: list[tuple[str, NewLink]], owner_id: int | None, now: datetime
+    ) -> dict[str, Link]:
+        news = [new for _, new in rows]
+        async with self._connection("insert_links") as conn:
+            made = await conn.fetch(
+                f"""INSERT INTO links (code, url, owner_id, created_at, updated_at, expires_at,
+                        max_visits, redirect_status, title, title_folded, tags)
+                    SELECT b.code, b.url, $1, $2, $2, b.expires_at, b.max_visits,
+                           b.redirect_status, b.title, b.title_folded,
+                           string_to_array(b.tags, ',')
+                    FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::bigint[],
+                                $7::smallint[], $8::text[], $9::text[], $10::text[])
+                         WITH ORDINALITY AS b(code, url, expires_at, max_visits,
+                                              redirect_status, title, title_folded, tags, n)
+                    ORDER BY b.n
+                    ON CONFLICT (code) DO NOTHING
+                    RETURNING {_LINK_COLUMNS}""",
+                owner_id,
+                now,
+                [code for code, _ in rows],
+                [new.url for new in news],
+                [new.expires_at for new in news],
+                [new.max_visits for new in news],
+                [new.redirect_status for new in news],
+                [new.title for new in news],
+                [folded(new.title) for new in news],
+                # Tags hold no commas: one string per link keeps the arrays one-dimensional.
+                [",".join(new.tags) for new in news],
+            )
+        return {row["code"]: _link(row) for row in made}
+
     async def get_link(self, code: str) -> Link | None:
         async with self._connection("get_link") as conn:
             row = await conn.fetchrow(f"SELECT {_LINK_COLUMNS} FROM links WHERE code = $1", code)
@@ -362,13 +394,12 @@ class PostgresStore:
             )
         return bool(status == "UPDATE 1")
 
-    async def blocked_among(self, domains: list[str]) -> bool:
+    async def blocked_among(self, domains: list[str]) -> set[str]:
         async with self._connection("blocked_among") as conn:
-            found = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM blocked_domains WHERE domain = ANY($1::text[]))",
-                domains,
+            rows = await conn.fetch(
+                "SELECT domain FROM blocked_domains WHERE domain = ANY($1::text[])", domains
             )
-        return bool(found)
+        return {row[0] for row in rows}
 
     async def block_domain(self, domain: str, reason: str, now: datetime) -> BlockedDomain:
         async with self._connection("block_domain") as conn:

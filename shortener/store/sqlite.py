@@ -111,31 +111,41 @@ class SqliteStore:
     async def insert_link(
         self, code: str, new: NewLink, owner_id: int | None, now: datetime
     ) -> Link:
-        try:
-            async with self.db.execute(
-                f"""INSERT INTO links (code, url, owner_id, created_at, updated_at,
-                        expires_at, max_visits, redirect_status, title, title_folded, tags)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    RETURNING {_LINK_COLUMNS}""",
-                (
-                    code,
-                    new.url,
-                    owner_id,
-                    _epoch(now),
-                    _epoch(now),
-                    _epoch(new.expires_at),
-                    new.max_visits,
-                    new.redirect_status,
-                    new.title,
-                    folded(new.title),
-                    _tags_json(new.tags),
-                ),
-            ) as cursor:
-                row = await cursor.fetchone()
-        except sqlite3.IntegrityError:
-            raise CodeTaken(code) from None
-        assert row is not None
-        return _link(row)
+        made = await self.insert_links([(code, new)], owner_id, now)
+        if code not in made:
+            raise CodeTaken(code)
+        return made[code]
+
+    async def insert_links(
+        self, rows: list[tuple[str, NewLink]], owner_id: int | None, now: datetime
+    ) -> dict[str, Link]:
+        batch = [
+            [
+                code,
+                new.url,
+                _epoch(new.expires_at),
+                new.max_visits,
+                new.redirect_status,
+                new.title,
+                folded(new.title),
+                _tags_json(new.tags),
+            ]
+            for code, new in rows
+        ]
+        # One statement: the batch commits atomically, outside any transaction that other
+        # coroutines sharing this connection could fall into. WHERE true lets ON CONFLICT parse.
+        async with self.db.execute(
+            f"""INSERT INTO links (code, url, owner_id, created_at, updated_at, expires_at,
+                    max_visits, redirect_status, title, title_folded, tags)
+                SELECT value ->> 0, value ->> 1, ?, ?, ?, value ->> 2, value ->> 3,
+                       value ->> 4, value ->> 5, value ->> 6, value ->> 7
+                FROM json_each(?) WHERE true ORDER BY key
+                ON CONFLICT (code) DO NOTHING
+                RETURNING {_LINK_COLUMNS}""",
+            (owner_id, _epoch(now), _epoch(now), orjson.dumps(batch).decode()),
+        ) as cursor:
+            made = await cursor.fetchall()
+        return {row["code"]: _link(row) for row in made}
 
     async def get_link(self, code: str) -> Link | None:
         async with self.db.execute(
@@ -335,14 +345,13 @@ class SqliteStore:
         )
         return bool(cursor.rowcount == 1)
 
-    async def blocked_among(self, domains: list[str]) -> bool:
+    async def blocked_among(self, domains: list[str]) -> set[str]:
         async with self.db.execute(
-            "SELECT EXISTS (SELECT 1 FROM blocked_domains WHERE domain IN "
-            "(SELECT value FROM json_each(?)))",
+            "SELECT domain FROM blocked_domains WHERE domain IN (SELECT value FROM json_each(?))",
             (orjson.dumps(domains).decode(),),
         ) as cursor:
-            row = await cursor.fetchone()
-        return bool(row and row[0])
+            rows = await cursor.fetchall()
+        return {row[0] for row in rows}
 
     async def block_domain(self, domain: str, reason: str, now: datetime) -> BlockedDomain:
         async with self.db.execute(

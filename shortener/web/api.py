@@ -13,12 +13,20 @@ import orjson
 from aiohttp import web
 
 from shortener.config import Settings
-from shortener.errors import Problem, bad_request, invalid
-from shortener.links.model import Link
+from shortener.errors import (
+    FieldError,
+    Problem,
+    bad_request,
+    invalid,
+    rate_limited,
+    validation_failed,
+)
+from shortener.links.model import Link, NewLink
 from shortener.links.rules import parse_filter, parse_link_changes, parse_new_link
 from shortener.links.service import LinkService
-from shortener.web import MAX_BODY_BYTES
+from shortener.web import MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES
 from shortener.web.callers import Callers
+from shortener.web.problems import problem_body
 from shortener.web.ratelimit import RateLimiter, client_address
 
 DEFAULT_PAGE = 20
@@ -53,6 +61,42 @@ class LinksApi:
         new = parse_new_link(body, settings.base_host)
         link = await self._service.create(new, caller)
         return self._json(link, status=201, headers={"Location": f"/api/v1/links/{link.code}"})
+
+    async def create_batch(self, request: web.Request) -> web.Response:
+        """Up to MAX_BATCH_ITEMS creates, each judged as a create of its own would be."""
+        settings = self._settings
+        caller = await self._callers.optional(request, required=not settings.public_create)
+        if caller is None:
+            refuse_foreign_origin(request, settings.base_url)
+        body = await read_json(request, settings.body_timeout, MAX_BATCH_BODY_BYTES)
+        bodies = _batch_items(body)
+        if caller is None:
+            address = client_address(request, settings.trusted_proxies)
+            allowed, wait = await self._limiter.take(
+                "create-keyless", address, settings.public_create_per_minute, len(bodies)
+            )
+        else:
+            allowed, wait = await self._limiter.take(
+                "create-key", str(caller.id), settings.creates_per_key_per_minute, len(bodies)
+            )
+        items: list[NewLink | Problem] = []
+        for position, item in enumerate(bodies):
+            if position >= allowed:
+                items.append(rate_limited(wait))
+                continue
+            try:
+                items.append(_parse_batch_item(item, settings.base_host))
+            except Problem as problem:
+                items.append(problem)
+        results: list[dict[str, Any]] = []
+        for outcome in await self._service.create_many(items, caller):
+            if isinstance(outcome, Problem):
+                details = problem_body(outcome, request.path)
+                results.append({"status": outcome.status, "problem": details})
+            else:
+                results.append({"status": 201, "link": self.link_json(outcome)})
+        body = {"results": results}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def get(self, request: web.Request) -> web.Response:
         caller = await self._callers.require(request)
@@ -128,7 +172,9 @@ def refuse_foreign_origin(request: web.Request, base_url: str) -> None:
         )
 
 
-async def read_json(request: web.Request, body_timeout: float) -> object:
+async def read_json(
+    request: web.Request, body_timeout: float, max_bytes: int = MAX_BODY_BYTES
+) -> object:
     # A form or text/plain body needs no preflight, so requiring JSON keeps other sites'
     # pages from sending writes at all.
     if request.content_type != "application/json":
@@ -138,16 +184,15 @@ async def read_json(request: web.Request, body_timeout: float) -> object:
             "Unsupported media type",
             "The body must be sent as Content-Type: application/json.",
         )
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise Problem(
-            413,
-            "payload-too-large",
-            "Payload too large",
-            f"The request body is larger than {MAX_BODY_BYTES} bytes.",
-        )
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise payload_too_large(max_bytes)
+    if max_bytes != request.client_max_size:
+        request = request.clone(client_max_size=max_bytes)
     try:
         async with asyncio.timeout(body_timeout):
             raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise payload_too_large(max_bytes) from None
     except TimeoutError:
         raise Problem(
             408, "timeout", "Request timeout", f"The body took longer than {body_timeout:g} s."
@@ -160,6 +205,38 @@ async def read_json(request: web.Request, body_timeout: float) -> object:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         raise bad_request("The body is not valid JSON.") from None
+
+
+def payload_too_large(max_bytes: int) -> Problem:
+    return Problem(
+        413,
+        "payload-too-large",
+        "Payload too large",
+        f"The request body is larger than {max_bytes} bytes.",
+    )
+
+
+def _batch_items(body: object) -> list[Any]:
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object.")
+    unknown = sorted(set(body) - {"links"})
+    if unknown:
+        raise validation_failed([FieldError(name, "is not a known field") for name in unknown])
+    items = body.get("links")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise invalid("links", f"must be a list of 1 to {MAX_BATCH_ITEMS} link bodies")
+    return items
+
+
+def _parse_batch_item(item: object, own_host: str) -> NewLink:
+    """One item as a create of its own: over 16,384 bytes as JSON, 413; else its rules."""
+    try:
+        size = len(orjson.dumps(item))
+    except orjson.JSONEncodeError:
+        raise bad_request("The item is nested too deeply.") from None
+    if size > MAX_BODY_BYTES:
+        raise payload_too_large(MAX_BODY_BYTES)
+    return parse_new_link(item, own_host)
 
 
 def _parse_limit(raw: str | None) -> int:

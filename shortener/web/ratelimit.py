@@ -19,10 +19,11 @@ from shortener.errors import rate_limited
 
 _WINDOW_MS = 60_000
 _KEY_PREFIX = "shortener:limit:"
-# A fixed one-minute window per key: the count, and how long until it starts afresh.
+# A fixed one-minute window per key: ARGV[2] events counted, the count, and how long until
+# the window starts afresh.
 _COUNT_IN_WINDOW = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {count, redis.call('PTTL', KEYS[1])}
 """
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -46,17 +47,26 @@ class RateLimiter:
 
     async def wait(self, scope: str, key: str, per_minute: int) -> int | None:
         """Counts one event; None when it is allowed, else the seconds until it would be."""
+        allowed, wait = await self.take(scope, key, per_minute, 1)
+        return None if allowed else wait
+
+    async def take(self, scope: str, key: str, per_minute: int, events: int) -> tuple[int, int]:
+        """Counts `events` at once: how many of them (the first ones) are allowed, and the
+        seconds until the rest would be."""
         if self._client is not None and self._breaker.allows():
             try:
-                reply = await self._count(keys=[f"{_KEY_PREFIX}{scope}:{key}"], args=[_WINDOW_MS])
+                reply = await self._count(
+                    keys=[f"{_KEY_PREFIX}{scope}:{key}"], args=[_WINDOW_MS, events]
+                )
             except _ERRORS:
                 self._breaker.failed()
             else:
                 self._breaker.succeeded()
                 count, ttl_ms = cast(list[int], reply)
-                return None if count <= per_minute else max(1, math.ceil(ttl_ms / 1000))
+                allowed = max(0, min(events, per_minute - (count - events)))
+                return allowed, max(1, math.ceil(ttl_ms / 1000))
         # Redis is down: each process limits on its own, never not at all.
-        return self._local.take(f"{scope}:{key}", per_minute)
+        return self._local.take(f"{scope}:{key}", per_minute, events)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -70,16 +80,16 @@ class _LocalBuckets:
         # Idle buckets are full again after a minute, so forgetting them then changes nothing.
         self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(maxsize=max_keys, ttl=60)
 
-    def take(self, key: str, per_minute: int) -> int | None:
+    def take(self, key: str, per_minute: int, events: int) -> tuple[int, int]:
+        """How many of `events` the bucket allows, and the seconds until one more would be."""
         now = time.monotonic()
         rate = per_minute / 60.0
         tokens, then = self._buckets.get(key, (float(per_minute), now))
         tokens = min(float(per_minute), tokens + (now - then) * rate)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            return max(1, math.ceil((1 - tokens) / rate))
-        self._buckets[key] = (tokens - 1, now)
-        return None
+        allowed = min(events, math.floor(tokens))
+        tokens -= allowed
+        self._buckets[key] = (tokens, now)
+        return allowed, max(1, math.ceil((1 - tokens) / rate))
 
 
 class PenaltyBox:
