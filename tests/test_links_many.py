@@ -332,19 +332,18 @@ async def test_hostile_batch_bodies_are_refused_without_harm(
     item = {"url": "https://example.com/" + "a" * 2000, "title": "t" * 512, "pad": "x" * 13_500}
     huge = orjson.dumps({"links": [item] * 1000})
     assert len(huge) > 16_000_000
-    reply = await client.post(
-        BATCH, data=huge, headers={**keys.of(keys.alice), "Content-Type": "application/json"}
-    )
+    json_headers = {**keys.of(keys.alice), "Content-Type": "application/json"}
+    reply = await client.post(BATCH, data=huge, headers=json_headers)
     assert reply.status == 413
 
     async def chunks() -> Any:
         for _ in range(100):
             yield b" " * 65_536
 
-    chunked = await client.post(BATCH, data=chunks(), headers=keys.of(keys.alice))
+    chunked = await client.post(BATCH, data=chunks(), headers=json_headers)
     assert chunked.status == 413
     nested = b'{"links": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
-    deep = await client.post(BATCH, data=nested, headers=keys.of(keys.alice))
+    deep = await client.post(BATCH, data=nested, headers=json_headers)
     assert deep.status == 400
     nested_item = {"links": [{"url": "https://example.com/", "title": _nest(200)}]}
     results = await batch(client, keys.alice, nested_item["links"])
@@ -357,3 +356,16 @@ def _nest(depth: int) -> Any:
     for _ in range(depth):
         value = {"a": [value]}
     return value
+
+
+async def test_keyless_batch_from_another_site_is_403_and_text_bodies_are_415(
+    make_client: Any, settings: Settings, keys: Keys
+) -> None:
+    public = await make_client(dataclasses.replace(settings, public_create=True))
+    body = {"links": [{"url": "https://example.com/"}]}
+    foreign = await public.post(BATCH, json=body, headers={"Origin": "https://evil.example"})
+    assert foreign.status == 403
+    own = await public.post(BATCH, json=body, headers={"Origin": "https://sho.rt"})
+    assert own.status == 200
+    text = await public.post(BATCH, data=orjson.dumps(body), headers={"Content-Type": "text/plain"})
+    assert text.status == 415
