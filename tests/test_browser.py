@@ -5,6 +5,7 @@ Playwright drives Debian's /usr/bin/chromium (never a downloaded browser) on loo
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
+import devservices.app
 from tests import services
 from tests.services import PROJECT_ROOT, AppInstance, AppInstanceFactory, keys_create
 
@@ -81,7 +83,7 @@ def app(
     # Short URLs must point at the app itself, so its port is chosen before it starts.
     port = services.free_port()
     ports = iter([port])
-    monkeypatch.setattr(services, "free_port", lambda: next(ports))
+    monkeypatch.setattr(devservices.app, "free_port", lambda: next(ports))
     instance = app_instance_factory(
         {
             "SHORTENER_DATABASE_URL": f"sqlite:///{tmp_path / 'shortener.db'}",
@@ -100,6 +102,16 @@ def api_status(app: AppInstance, key: str, path: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def create_link(app: AppInstance, key: str, body: dict[str, str]) -> None:
+    request = urllib.request.Request(
+        app.url + "/api/v1/links",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
 
 
 def shorten(page: Page, url: str) -> None:
@@ -213,14 +225,7 @@ def test_a_gone_link_shows_the_styled_page_without_details(
     chromium: str, app: AppInstance, target_site: str, tmp_path: Path
 ) -> None:
     key = keys_create(app.env, "browser")
-    body = json.dumps({"url": f"{target_site}/secret-plan", "alias": "launch"}).encode()
-    request = urllib.request.Request(
-        app.url + "/api/v1/links",
-        data=body,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 201
+    create_link(app, key, {"url": f"{target_site}/secret-plan", "alias": "launch"})
     delete = urllib.request.Request(
         app.url + "/api/v1/links/launch",
         method="DELETE",
@@ -244,3 +249,98 @@ def test_a_gone_link_shows_the_styled_page_without_details(
             page.screenshot(path=str(tmp_path / "gone.png"))
         finally:
             browser.close()
+
+
+# The reviewed copy of this one is docs/screenshots/link-stats.png.
+STATS_SCREENSHOT = PROJECT_ROOT / "results" / "screenshots" / "link-stats.png"
+VISITORS = [
+    # (User-Agent, Referer, visits)
+    (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/120.0.0.0 Safari/537.36",
+        "https://news.ycombinator.com/item?id=1",
+        5,
+    ),
+    (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+        "https://t.co/x",
+        3,
+    ),
+    ("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0", None, 2),
+    ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", None, 2),
+]
+
+
+def follow(app: AppInstance, code: str, user_agent: str, referer: str | None) -> int:
+    connection = http.client.HTTPConnection(app.host, app.port, timeout=10)
+    try:
+        headers = {"User-Agent": user_agent}
+        if referer is not None:
+            headers["Referer"] = referer
+        connection.request("GET", f"/{code}", headers=headers)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_person_sees_the_visits_of_a_link(
+    chromium: str, app: AppInstance, tmp_path: Path
+) -> None:
+    key = keys_create(app.env, "browser")
+    # Nobody follows the redirects here, so the target need not exist.
+    create_link(app, key, {"url": "https://example.com/launch", "alias": "launch"})
+    for user_agent, referer, times in VISITORS:
+        for _ in range(times):
+            assert follow(app, "launch", user_agent, referer) == 302
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1180, "height": 900})
+            page.on(
+                "console",
+                lambda message: (
+                    problems.append(message.text) if message.type in {"error", "warning"} else None
+                ),
+            )
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(app.url + "/")
+            page.get_by_role("textbox", name="API key").fill(key)
+            page.get_by_role("button", name="Save key").click()
+            row = page.locator('#links-body tr[data-code="launch"]')
+            expect(row).to_be_visible()
+            row.get_by_role("button", name="Stats of launch").click()
+
+            stats = page.locator("#stats")
+            expect(stats).to_be_visible()
+            expect(page.locator("#stats-code")).to_have_text("launch")
+            expect(page.locator("#stats-visits")).to_have_text("10")
+            expect(page.locator("#stats-bots")).to_have_text("2")
+            # uPlot drew the series into a canvas, under the page's CSP.
+            canvas = page.locator("#stats-chart canvas")
+            expect(canvas).to_have_count(1)
+            assert canvas.evaluate("node => node.width") > 200
+            expect(page.locator("#stats-chart .u-legend")).to_contain_text("Visits")
+            referrers = stats.locator(".breakdown").filter(has_text="Referrers")
+            expect(referrers.locator("tbody tr")).to_have_count(3)
+            expect(referrers.locator("tbody tr").first).to_contain_text("news.ycombinator.com5")
+            devices = stats.locator(".breakdown").filter(has_text="Devices")
+            expect(devices).to_contain_text("desktop7")
+            expect(devices).to_contain_text("mobile3")
+            expect(stats.locator(".breakdown").filter(has_text="Browsers")).to_contain_text(
+                "Mobile Safari3"
+            )
+
+            page.select_option("#stats-range", "48h")
+            expect(page.locator("#stats-visits")).to_have_text("10")
+            expect(page.locator("#stats-chart canvas")).to_have_count(1)
+            stats.screenshot(path=str(tmp_path / "link-stats.png"))
+            STATS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tmp_path / "link-stats.png", STATS_SCREENSHOT)
+
+            page.get_by_role("button", name="Close", exact=True).click()
+            expect(stats).to_be_hidden()
+        finally:
+            browser.close()
+    assert problems == [], json.dumps(problems, indent=2)

@@ -72,7 +72,12 @@ async def test_page_is_html_revalidated_each_visit_with_security_headers(
 async def test_static_files_have_hashed_names_and_are_immutable(client: ContractClient) -> None:
     page = (await client.get("/")).body.decode()
     urls = set(ASSET_URL.findall(page))
-    assert {url.split(".")[0] for url in urls} == {"/static/app", "/static/icon"}
+    assert {url.split(".")[0] for url in urls} == {
+        "/static/app",
+        "/static/icon",
+        "/static/stats",
+        "/static/uplot",
+    }
     types = {"css": "text/css", "js": "text/javascript", "svg": "image/svg+xml"}
     for url in urls:
         # The contract client's templates only know {code}: the raw client fetches files.

@@ -389,6 +389,9 @@ function linkRow(link) {
   actions.append(
     button(link.disabled ? "Enable" : "Disable", `${link.disabled ? "Enable" : "Disable"} ${link.code}`, "",
       () => toggleLink(row, link)),
+    // The stats view lives in stats.js; it gets the link and the key with the event.
+    button("Stats", `Stats of ${link.code}`, "", () => document.dispatchEvent(
+      new CustomEvent("shortener:stats", { detail: { code: link.code, key: sessionKey } }))),
     button("Delete", `Delete ${link.code}`, "danger", () => deleteLink(row, link)),
   );
 
