@@ -8,7 +8,7 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -85,6 +85,24 @@ def pin(pid: int, cpus: Collection[int]) -> None:
         with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
             for thread in member.threads():
                 os.sched_setaffinity(thread.id, cpus)
+
+
+@contextlib.contextmanager
+def hung(pid: int) -> Iterator[None]:
+    """SIGSTOPs process ``pid`` and its descendants for the block, then SIGCONTs them: what a
+    partition looks like from outside. The kernel still accepts connections and takes the
+    bytes sent; nothing answers, so every call waits for its timeout."""
+    root = psutil.Process(pid)
+    stopped = [root, *root.children(recursive=True)]
+    try:
+        for process in stopped:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.suspend()
+        yield
+    finally:
+        for process in stopped:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
 
 
 class Service:

@@ -62,6 +62,20 @@ REDIS_BREAKER_OPEN = Gauge(
     "1 while the Redis circuit breaker is open in any live worker.",
     multiprocess_mode="livemax",
 )
+STORE_BREAKER_OPEN = Gauge(
+    "shortener_store_breaker_open",
+    "1 while the store's circuit breaker is open in any live worker: calls that need the "
+    "store are answered 503 at once while a background probe waits for it to answer.",
+    multiprocess_mode="livemax",
+)
+STORE_BREAKER_OPENINGS = Counter(
+    "shortener_store_breaker_openings_total",
+    "Times the store's circuit breaker opened (after failed store calls in a row).",
+)
+STORE_CALLS_REJECTED = Counter(
+    "shortener_store_calls_rejected_total",
+    "Store calls refused at once because the store's circuit breaker was open.",
+)
 DEPENDENCY_UP = Gauge(
     "shortener_dependency_up",
     "1 when the dependency answered its last check (the lowest of the live workers).",

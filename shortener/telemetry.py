@@ -69,6 +69,11 @@ def _publish(
     flushes, visits.flush_seconds = visits.flush_seconds, []
     for seconds in flushes:
         metrics.VISITS_FLUSH_DURATION.observe(seconds)
+    breaker = store.breaker
+    if breaker is not None:
+        metrics.STORE_BREAKER_OPEN.set(1 if breaker.is_open else 0)
+        publisher.count(metrics.STORE_BREAKER_OPENINGS, ("store_openings",), breaker.openings)
+        publisher.count(metrics.STORE_CALLS_REJECTED, ("store_rejected",), breaker.rejected)
     in_use, idle = store.pool_stats()
     metrics.DB_POOL_CONNECTIONS.labels("in_use").set(in_use)
     metrics.DB_POOL_CONNECTIONS.labels("idle").set(idle)

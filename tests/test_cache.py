@@ -7,10 +7,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from shortener.cache.breaker import Breaker
 from shortener.cache.l1 import L1Cache
 from shortener.cache.tiered import TieredCache
 from shortener.config import Settings
+from shortener.errors import StoreUnavailable
 from shortener.links.model import MISSING, Link, NewLink, Target
+from shortener.store.breaker import StoreBreaker
 from shortener.store.sqlite import SqliteStore
 
 TARGET = Target("https://example.com", 302, None, None, False, version=1)
@@ -103,3 +108,63 @@ async def test_invalidation_during_a_lookup_keeps_the_old_answer_out(tmp_path: P
         assert tiered.l1.get("code") is None
     finally:
         await store.close()
+
+
+def test_breaker_opens_after_three_failures_and_lets_one_trial_through_per_cooldown() -> None:
+    now = [100.0]
+    breaker = Breaker(failures_to_open=3, cooldown=1.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failed()
+        assert not breaker.is_open and breaker.allows()
+    breaker.failed()
+    assert breaker.is_open
+    assert not breaker.allows()  # open: nothing goes out during the cooldown
+    now[0] += 0.99
+    assert not breaker.allows()
+    now[0] += 0.01
+    assert breaker.allows()  # half-open: one trial...
+    assert not breaker.allows()  # ...and the others wait another cooldown
+    breaker.failed()  # the trial failed: still open
+    assert breaker.is_open and not breaker.allows()
+    now[0] += 1.0
+    assert breaker.allows()
+    breaker.succeeded()  # the trial answered: closed
+    assert not breaker.is_open and breaker.allows() and breaker.allows()
+
+
+async def test_store_breaker_refuses_at_once_and_a_background_probe_closes_it() -> None:
+    answers, probed_thrice = asyncio.Event(), asyncio.Event()
+    probes = 0
+
+    async def probe() -> None:
+        nonlocal probes
+        probes += 1
+        if probes == 3:
+            probed_thrice.set()
+        if not answers.is_set():
+            raise StoreUnavailable("still down")
+
+    breaker = StoreBreaker(probe, failures_to_open=3, interval=0.01)
+    try:
+        for _ in range(3):
+            breaker.check()
+            breaker.failed(TimeoutError())
+        assert breaker.is_open and breaker.openings == 1
+        for _ in range(5):
+            with pytest.raises(StoreUnavailable):
+                breaker.check()
+        assert breaker.rejected == 5
+        # Probing in the background, finding the store still down.
+        await asyncio.wait_for(probed_thrice.wait(), 5)
+        assert breaker.is_open
+        answers.set()
+        deadline = time.monotonic() + 5
+        while breaker.is_open:
+            assert time.monotonic() < deadline, "the probe never closed the breaker"
+            await asyncio.sleep(0.01)
+        breaker.check()
+        # Failures after it closed count from zero again.
+        breaker.failed(TimeoutError())
+        assert not breaker.is_open
+    finally:
+        await breaker.close()

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.mmap_dict import MmapedDict
 
+from devservices.processes import hung
 from shortener.app import STORE, TIERED, create_app
 from shortener.auth import create_key
 from shortener.cache.redis import KEY_PREFIX, decode
@@ -250,6 +251,51 @@ async def test_postgres_down_cached_links_redirect_others_503(
     got = await app.get(f"{LINKS}/{cached['code']}", headers=headers)
     # Both clicks counted while the store was down were kept and written when it came back.
     assert got.json()["clicks"] == 3
+
+
+async def test_postgres_hung_uncached_redirects_and_writes_get_503_at_once(
+    make_app: MakeApp, postgres_server: PostgresServer
+) -> None:
+    app = await make_app()
+    headers = await admin_headers(app)
+    cached = (await app.post(LINKS, json={"url": "https://example.com/c"}, headers=headers)).json()
+    assert (await app.get(f"/{cached['code']}")).status == 302
+    breaker = app.app[STORE].breaker
+    assert breaker is not None and not breaker.is_open
+
+    with hung(postgres_server.pid):
+        # The first calls wait for their timeout (each at most the statement timeout, 1 s,
+        # in all) and open the breaker; from then on nothing waits for the store.
+        for n in range(3):
+            started = time.monotonic()
+            reply = await app.get(f"/Uncached{n}")
+            assert reply.status == 503 and reply.headers["Retry-After"] == "1"
+            assert time.monotonic() - started < 1.5
+        assert breaker.is_open
+        rejected = breaker.rejected
+        started = time.monotonic()
+        for n in range(20):
+            reply = await app.get(f"/AlsoUncached{n}")
+            assert reply.status == 503 and reply.headers["Retry-After"] == "1"
+        write = await app.post(LINKS, json={"url": "https://example.com/w"}, headers=headers)
+        assert write.status == 503 and write.headers["Retry-After"] == "1"
+        elapsed = time.monotonic() - started
+        # Each of them was refused by the breaker without asking the store.
+        assert breaker.rejected - rejected >= 21
+        assert elapsed < 1.0
+        assert (await app.get(f"/{cached['code']}")).status == 302  # from L1
+        ready = await app.get("/readyz")
+        assert ready.status == 200
+        assert ready.json()["dependencies"]["store"]["status"] == "down"
+
+    # The background probe finds the store answering again and closes the breaker.
+    deadline = time.monotonic() + 10
+    while breaker.is_open:
+        assert time.monotonic() < deadline, "the breaker never closed"
+        await asyncio.sleep(0.05)
+    assert (await app.get("/Uncached0")).status == 404
+    created = await app.post(LINKS, json={"url": "https://example.com/w"}, headers=headers)
+    assert created.status == 201
 
 
 @pytest.mark.slow

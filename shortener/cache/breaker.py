@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 
 class Breaker:
-    def __init__(self, failures_to_open: int = 3, cooldown: float = 1.0) -> None:
+    def __init__(
+        self,
+        failures_to_open: int = 3,
+        cooldown: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._failures_to_open = failures_to_open
         self._cooldown = cooldown
+        self._clock = clock
         self._failures = 0
         self._open_until = 0.0
 
@@ -20,7 +27,7 @@ class Breaker:
         """True when a call may go out: closed, or open with its cooldown over (one trial)."""
         if self._failures < self._failures_to_open:
             return True
-        now = time.monotonic()
+        now = self._clock()
         if now >= self._open_until:
             # Half-open: let this one call through and hold the others for another cooldown.
             self._open_until = now + self._cooldown
@@ -33,4 +40,4 @@ class Breaker:
     def failed(self) -> None:
         self._failures += 1
         if self._failures == self._failures_to_open:
-            self._open_until = time.monotonic() + self._cooldown
+            self._open_until = self._clock() + self._cooldown

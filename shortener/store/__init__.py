@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from importlib import resources
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shortener.config import Settings
 from shortener.links.model import (
@@ -17,6 +17,9 @@ from shortener.links.model import (
     LinkFilter,
     NewLink,
 )
+
+if TYPE_CHECKING:
+    from shortener.store.breaker import StoreBreaker
 
 NO_FILTER = LinkFilter()
 # (code, UTC hours since the epoch, dimension, value): the key of one count of visits.
@@ -30,6 +33,11 @@ class Store(Protocol):
 
     async def migrate(self) -> list[int]:
         """Applies pending migrations, safely when several processes start at once."""
+        ...
+
+    @property
+    def breaker(self) -> StoreBreaker | None:
+        """The circuit breaker in front of a store that can hang (a networked one)."""
         ...
 
     def pool_stats(self) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from shortener.links.model import (
 )
 from shortener.metrics import DB_QUERY_DURATION
 from shortener.store import NO_FILTER, VisitKey, folded, like_escape, migration_scripts
+from shortener.store.breaker import StoreBreaker
 
 # Any number will do, as long as nothing else in the database takes the same advisory lock.
 _MIGRATION_LOCK = 0x5E0127
@@ -53,6 +54,7 @@ class PostgresStore:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
+        self.breaker = StoreBreaker(self._probe)
 
     async def open(self) -> None:
         settings = self._settings
@@ -77,19 +79,28 @@ class PostgresStore:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
     async def close(self) -> None:
+        await self.breaker.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     @asynccontextmanager
     async def _connection(
-        self, operation: str
+        self, operation: str, *, guarded: bool = True
     ) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection for one operation. Guarded (all but migrations and the
+        breaker's probe): refused at once while the breaker is open, and given at most the
+        statement timeout in all, so that a hung server cannot hold a caller longer."""
         if self._pool is None:
             raise StoreUnavailable("the store is not open")
+        if guarded:
+            self.breaker.check()
         started = time.perf_counter()
+        deadline = self._settings.db_statement_timeout if guarded else None
+        conn = None
         try:
-            async with self._pool.acquire(timeout=self._settings.db_connect_timeout) as conn:
+            async with asyncio.timeout(deadline):
+                conn = await self._pool.acquire(timeout=self._settings.db_connect_timeout)
                 if self._settings.db_transaction_pooling:
                     # asyncpg prepares and executes in two round trips; in a transaction
                     # PgBouncer keeps both on the same server connection.
@@ -98,11 +109,29 @@ class PostgresStore:
                 else:
                     yield conn
         except _UNAVAILABLE as exc:
+            if conn is not None:
+                # No more waiting on a server that did not answer: not for the cancellation
+                # of the query, not for a reset. The pool opens a new connection instead.
+                conn.terminate()
             if isinstance(exc, _SERVER_LOST):
                 await self._pool.expire_connections()
-            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+            if guarded:
+                self.breaker.failed(exc)
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
+        else:
+            if guarded:
+                self.breaker.succeeded()
         finally:
+            if conn is not None:
+                await self._pool.release(conn)
             DB_QUERY_DURATION.labels(operation).observe(time.perf_counter() - started)
+
+    async def _probe(self) -> None:
+        async with (
+            self._connection("probe", guarded=False) as conn,
+            asyncio.timeout(self._settings.db_connect_timeout),
+        ):
+            await conn.fetchval("SELECT 1")
 
     def pool_stats(self) -> tuple[int, int]:
         if self._pool is None:
@@ -112,7 +141,7 @@ class PostgresStore:
 
     async def migrate(self) -> list[int]:
         applied = []
-        async with self._connection("migrate") as conn, conn.transaction():
+        async with self._connection("migrate", guarded=False) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute(
                 """CREATE TABLE IF NOT EXISTS schema_migrations (

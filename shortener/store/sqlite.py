@@ -29,6 +29,9 @@ _CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled",
 
 
 class SqliteStore:
+    # A local file does not hang the way a partitioned server does.
+    breaker = None
+
     def __init__(self, settings: Settings) -> None:
         self._path = settings.sqlite_path
         self._db: aiosqlite.Connection | None = None
