@@ -109,7 +109,7 @@ class PostgresStore:
                 else:
                     yield conn
         except _UNAVAILABLE as exc:
-            if conn is not None:
+            if conn is not None and isinstance(exc, TimeoutError):
                 # No more waiting on a server that did not answer: not for the cancellation
                 # of the query, not for a reset. The pool opens a new connection instead.
                 conn.terminate()
