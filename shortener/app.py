@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> web.Application:
         settings.visits_buffer_max_rows,
         settings.click_buffer_max_codes,
         settings.visits_retention_days,
+        analytics=settings.analytics,
     )
     policy = DestinationPolicy(store, settings.blocklist, settings.private_targets)
     service = LinkService(store, tiered, policy)

@@ -53,8 +53,10 @@ class Settings:
     click_flush_interval: float = 1.0
     # Counts kept for codes while the store is down; beyond this they are dropped and counted.
     click_buffer_max_codes: int = 100_000
-    # Visit analytics: a MaxMind-format country database (unset: every country unknown), how
-    # long hourly counts are kept, and how many counts a worker holds while the store is down.
+    # Visit analytics (off: clicks only), a MaxMind-format country database (unset: every
+    # country unknown), how long hourly counts are kept, and how many counts a worker holds
+    # while the store is down.
+    analytics: bool = True
     geoip_db: str | None = None
     visits_retention_days: int = 400
     visits_buffer_max_rows: int = 200_000
@@ -138,6 +140,7 @@ class Settings:
             click_buffer_max_codes=reader.read(
                 "SHORTENER_CLICK_BUFFER_MAX_CODES", _positive_int, defaults.click_buffer_max_codes
             ),
+            analytics=reader.read("SHORTENER_ANALYTICS", _boolean, True),
             geoip_db=reader.read("SHORTENER_GEOIP_DB", _geoip_db, None),
             visits_retention_days=reader.read(
                 "SHORTENER_VISITS_RETENTION_DAYS", _positive_int, defaults.visits_retention_days

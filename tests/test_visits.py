@@ -550,3 +550,20 @@ def test_nginx_logs_no_address_user_agent_or_referer() -> None:
     for variable in ("$remote_addr", "$http_user_agent", "$http_referer", "$http_x_forwarded_for"):
         assert variable not in log_format
     assert "$client_network" in log_format
+
+
+async def test_with_analytics_off_clicks_still_count_and_nothing_else_is_kept(
+    make_client: Any, settings: Settings
+) -> None:
+    app = await make_client(dataclasses.replace(settings, analytics=False))
+    _, key = await create_key(app.app[STORE], "ops", admin=False)
+    headers = {"Authorization": f"Bearer {key}"}
+    code = (await app.post(LINKS, json={"url": "https://example.com/off"}, headers=headers)).json()[
+        "code"
+    ]
+    for user_agent, referer, _ in MIX:
+        assert await visit(app, code, user_agent, referer) == 302
+    await written(app)
+    assert (await app.get(f"{LINKS}/{code}", headers=headers)).json()["clicks"] == len(MIX)
+    stats = (await app.get(stats_path(code), headers=headers)).json()
+    assert (stats["visits"], stats["bots"], stats["referrers"]) == (0, 0, [])

@@ -43,6 +43,7 @@ class VisitRecorder:
         max_rows: int,
         max_codes: int,
         retention_days: int,
+        analytics: bool = True,
     ) -> None:
         self._store = store
         self._classifier = classifier
@@ -65,6 +66,8 @@ class VisitRecorder:
         self.flushed = 0
         self.clicks_flushed = 0
         self.flush_seconds: list[float] = []
+        if not analytics:
+            self.record = self._click_only  # type: ignore[method-assign]
 
     def record(self, code: str, request: web.Request, clicked: bool) -> None:
         """The redirect's one call: keep the raw facts for the background, nothing more."""
@@ -84,6 +87,20 @@ class VisitRecorder:
                 clicked,
             )
         )
+
+    def _click_only(self, code: str, request: web.Request, clicked: bool) -> None:
+        """record() with the analytics off: the click and nothing else."""
+        if clicked:
+            return
+        clicks = self._clicks
+        if code in clicks:
+            clicks[code] += 1
+        elif len(clicks) < self._max_codes:
+            clicks[code] = 1
+        else:
+            self.clicks_dropped += 1
+            return
+        self._pending_clicks += 1
 
     @property
     def buffered(self) -> int:
@@ -145,7 +162,7 @@ class VisitRecorder:
 
     async def flush(self) -> None:
         """Writes every count in one statement; on failure keeps them for the next flush."""
-        if not self._counts:
+        if not self._counts and not self._clicks:
             return
         counts, clicks = self._counts, self._clicks
         visits, clicked = self._pending_visits, self._pending_clicks
