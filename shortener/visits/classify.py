@@ -7,9 +7,9 @@ themselves are never stored or logged.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
 
 import maxminddb
 from crawlerdetect import CrawlerDetect
@@ -26,6 +26,11 @@ UNKNOWN = "(unknown)"
 _USER_AGENTS_CACHED = 10_000
 _ADDRESSES_CACHED = 10_000
 _MAX_HOST = 253
+# scheme://[userinfo@]host[:port] then a path, query, fragment or the end: only the host is
+# kept. Hosts are plain names or IP literals; anything else counts as direct.
+_REFERER_HOST = re.compile(
+    r"(?i)https?://(?:[^/?#@]*@)?(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::\d*)?(?:[/?#]|$)"
+)
 
 _DESKTOP_SYSTEMS = frozenset(
     {"Windows", "Mac OS X", "macOS", "Linux", "Ubuntu", "Fedora", "Debian", "Chrome OS",
@@ -105,16 +110,11 @@ def referrer_host(referer: str | None) -> str:
     """The Referer's host in lower case; `(direct)` when absent, not http(s) or unusable."""
     if not referer:
         return DIRECT
-    try:
-        parts = urlsplit(referer)
-        host = parts.hostname
-    except ValueError:
+    found = _REFERER_HOST.match(referer)
+    if found is None:
         return DIRECT
-    if parts.scheme.lower() not in {"http", "https"} or not host or len(host) > _MAX_HOST:
-        return DIRECT
-    if not host.isascii() or not all(ch.isalnum() or ch in ".-_:" for ch in host):
-        return DIRECT
-    return host
+    host = found.group(1).lower().strip("[]")
+    return host if len(host) <= _MAX_HOST else DIRECT
 
 
 def _device_class(user_agent: str, os_family: str, device: object) -> str:
