@@ -11,7 +11,7 @@ from aiohttp import web
 
 from shortener.auth import KeyRing
 from shortener.cache.l1 import L1Cache
-from shortener.cache.redis import RedisTier
+from shortener.cache.redis import redis_tier
 from shortener.cache.tiered import TieredCache
 from shortener.config import Settings
 from shortener.errors import StoreUnavailable
@@ -46,15 +46,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 def create_app(settings: Settings) -> web.Application:
     store = make_store(settings)
     l1 = L1Cache(settings.l1_size, settings.l1_ttl, settings.l1_negative_ttl)
-    l2 = None
-    if settings.redis_url is not None:
-        l2 = RedisTier(
-            settings.redis_url,
-            settings.redis_timeout,
-            settings.l2_ttl,
-            settings.l2_negative_ttl,
-            l1,
-        )
+    l2 = redis_tier(settings, l1)
     tiered = TieredCache(l1, l2, store)
     visits = VisitRecorder(
         store,

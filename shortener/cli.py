@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shortener.config import ConfigError, Settings
 from shortener.logs import configure_logging
@@ -69,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke an API key at once and for good")
     revoke.add_argument("id", type=int, help="the key's id, as `keys list` shows it")
     revoke.set_defaults(run=_keys_revoke)
+
+    export = commands.add_parser("export", help="write every link to standard output")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.set_defaults(run=_export)
+    load = commands.add_parser("import", help="create links from a file, as links of one key")
+    load.add_argument("file", help="the file to read")
+    load.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "shlink-csv", "yourls-csv", "bitly-csv"],
+        default="jsonl",
+    )
+    load.add_argument(
+        "--owner", type=int, required=True, help="the key's id, as `keys list` shows it"
+    )
+    load.set_defaults(run=_import)
     return parser
 
 
@@ -219,6 +234,73 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"revoked key {args.id}; every instance refuses it within seconds")
     return 0
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from shortener.transfer.exporter import every_link
+    from shortener.transfer.formats import EXPORT_FORMATS
+
+    writer = EXPORT_FORMATS[args.format]
+
+    async def export() -> None:
+        async with _open_store(settings) as store:
+            writer.header(sys.stdout)
+            async for page in every_link(store):
+                writer.write(page, sys.stdout)
+
+    asyncio.run(export())
+    return 0
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    from shortener.transfer.progress import progress_for
+
+    path = Path(args.file)
+    try:
+        with path.open("rb") as counting:
+            total = sum(1 for _ in counting)
+    except OSError as exc:
+        print(f"shortener: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    with progress_for(total) as progress:
+        report = asyncio.run(_import_file(settings, path, args.format, args.owner, progress))
+    if report is None:
+        print(f"shortener: no live key with id {args.owner}", file=sys.stderr)
+        return 2
+    for line, reason in report.rejected:
+        print(f"line {line}: {reason}")
+    print(
+        f"imported {report.imported}, unchanged {report.unchanged}, rejected {len(report.rejected)}"
+    )
+    return 1 if report.rejected else 0
+
+
+async def _import_file(
+    settings: Settings, path: Path, file_format: str, owner: int, progress: Any
+) -> Any:
+    from shortener.cache.l1 import L1Cache
+    from shortener.cache.redis import redis_tier
+    from shortener.cache.tiered import TieredCache
+    from shortener.links.policy import DestinationPolicy
+    from shortener.transfer.formats import IMPORT_FORMATS
+    from shortener.transfer.importer import Importer
+
+    async with _open_store(settings) as store:
+        if not any(key.id == owner and not key.revoked for key in await store.list_keys()):
+            return None
+        policy = DestinationPolicy(store, settings.blocklist, settings.private_targets)
+        # New codes may be cached as unknown: they go to Redis and out to every worker.
+        l2 = redis_tier(settings, L1Cache(0, 0, 0))
+        cache = TieredCache(L1Cache(0, 0, 0), l2, store)
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as stream:
+                rows = IMPORT_FORMATS[file_format].read(stream)
+                return await Importer(store, policy, settings.base_host, cache).run(
+                    rows, owner, progress
+                )
+        finally:
+            if l2 is not None:
+                await l2.close()
 
 
 @asynccontextmanager

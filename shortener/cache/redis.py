@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from shortener.cache.breaker import Breaker
 from shortener.cache.l1 import L1Cache
-from shortener.config import SENTINEL_SCHEME, parse_sentinel_url
+from shortener.config import SENTINEL_SCHEME, Settings, parse_sentinel_url
 from shortener.links.model import MISSING, Lookup, Target
 
 log = logging.getLogger(__name__)
@@ -309,3 +309,16 @@ def decode(raw: bytes) -> Lookup:
 async def _close_quietly(pubsub: Any) -> None:
     with contextlib.suppress(*_ERRORS):
         await pubsub.aclose()
+
+
+def redis_tier(settings: Settings, l1: L1Cache) -> RedisTier | None:
+    """The shared tier the settings ask for, or None without SHORTENER_REDIS_URL."""
+    if settings.redis_url is None:
+        return None
+    return RedisTier(
+        settings.redis_url,
+        settings.redis_timeout,
+        settings.l2_ttl,
+        settings.l2_negative_ttl,
+        l1,
+    )

@@ -61,6 +61,19 @@ class Store(Protocol):
         links made, by code (a code that is or ever was in use is absent)."""
         ...
 
+    async def import_links(self, links: list[Link], owner_id: int) -> dict[str, Link]:
+        """Inserts whole links (times, clicks, deleted or not) in one statement, so all of
+        them or none; the links made, by code (a code already in use is absent)."""
+        ...
+
+    async def links_by_code(self, codes: list[str]) -> dict[str, Link]:
+        """The links with these codes, deleted or not."""
+        ...
+
+    async def export_links(self, after_id: int, limit: int) -> list[Link]:
+        """Every link, deleted ones too, oldest first, from the id after `after_id`."""
+        ...
+
     async def get_link(self, code: str) -> Link | None:
         """The link with this code, deleted or not."""
         ...

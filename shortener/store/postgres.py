@@ -220,6 +220,59 @@ class PostgresStore:
             )
         return {row["code"]: _link(row) for row in made}
 
+    async def import_links(self, links: list[Link], owner_id: int) -> dict[str, Link]:
+        async with self._connection("import_links") as conn:
+            made = await conn.fetch(
+                f"""INSERT INTO links (code, url, owner_id, created_at, updated_at, expires_at,
+                        max_visits, redirect_status, disabled, deleted_at, clicks, title,
+                        title_folded, tags)
+                    SELECT b.code, b.url, $1, b.created_at, b.updated_at, b.expires_at,
+                           b.max_visits, b.redirect_status, b.disabled,
+                           CASE WHEN b.deleted THEN b.updated_at END, b.clicks, b.title,
+                           b.title_folded, string_to_array(b.tags, ',')
+                    FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                                $6::timestamptz[], $7::bigint[], $8::smallint[], $9::boolean[],
+                                $10::boolean[], $11::bigint[], $12::text[], $13::text[],
+                                $14::text[])
+                         WITH ORDINALITY AS b(code, url, created_at, updated_at, expires_at,
+                                              max_visits, redirect_status, disabled, deleted,
+                                              clicks, title, title_folded, tags, n)
+                    ORDER BY b.n
+                    ON CONFLICT (code) DO NOTHING
+                    RETURNING {_LINK_COLUMNS}""",
+                owner_id,
+                [link.code for link in links],
+                [link.url for link in links],
+                [link.created_at for link in links],
+                [link.updated_at for link in links],
+                [link.expires_at for link in links],
+                [link.max_visits for link in links],
+                [link.redirect_status for link in links],
+                [link.disabled for link in links],
+                [link.deleted for link in links],
+                [link.clicks for link in links],
+                [link.title for link in links],
+                [folded(link.title) for link in links],
+                [",".join(link.tags) for link in links],
+            )
+        return {row["code"]: _link(row) for row in made}
+
+    async def links_by_code(self, codes: list[str]) -> dict[str, Link]:
+        async with self._connection("links_by_code") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_LINK_COLUMNS} FROM links WHERE code = ANY($1::text[])", codes
+            )
+        return {row["code"]: _link(row) for row in rows}
+
+    async def export_links(self, after_id: int, limit: int) -> list[Link]:
+        async with self._connection("export_links") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_LINK_COLUMNS} FROM links WHERE id > $1 ORDER BY id LIMIT $2",
+                after_id,
+                limit,
+            )
+        return [_link(row) for row in rows]
+
     async def get_link(self, code: str) -> Link | None:
         async with self._connection("get_link") as conn:
             row = await conn.fetchrow(f"SELECT {_LINK_COLUMNS} FROM links WHERE code = $1", code)

@@ -150,6 +150,57 @@ class SqliteStore:
             made = await cursor.fetchall()
         return {row["code"]: _link(row) for row in made}
 
+    async def import_links(self, links: list[Link], owner_id: int) -> dict[str, Link]:
+        batch = [
+            [
+                link.code,
+                link.url,
+                _epoch(link.created_at),
+                _epoch(link.updated_at),
+                _epoch(link.expires_at),
+                link.max_visits,
+                link.redirect_status,
+                int(link.disabled),
+                _epoch(link.updated_at) if link.deleted else None,
+                link.clicks,
+                link.title,
+                folded(link.title),
+                _tags_json(link.tags),
+            ]
+            for link in links
+        ]
+        async with self.db.execute(
+            f"""INSERT INTO links (code, url, owner_id, created_at, updated_at, expires_at,
+                    max_visits, redirect_status, disabled, deleted_at, clicks, title,
+                    title_folded, tags)
+                SELECT value ->> 0, value ->> 1, ?, value ->> 2, value ->> 3, value ->> 4,
+                       value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,
+                       value ->> 10, value ->> 11, value ->> 12
+                FROM json_each(?) WHERE true ORDER BY key
+                ON CONFLICT (code) DO NOTHING
+                RETURNING {_LINK_COLUMNS}""",
+            (owner_id, orjson.dumps(batch).decode()),
+        ) as cursor:
+            made = await cursor.fetchall()
+        return {row["code"]: _link(row) for row in made}
+
+    async def links_by_code(self, codes: list[str]) -> dict[str, Link]:
+        async with self.db.execute(
+            f"""SELECT {_LINK_COLUMNS} FROM links
+                WHERE code IN (SELECT value FROM json_each(?))""",
+            (orjson.dumps(codes).decode(),),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {row["code"]: _link(row) for row in rows}
+
+    async def export_links(self, after_id: int, limit: int) -> list[Link]:
+        async with self.db.execute(
+            f"SELECT {_LINK_COLUMNS} FROM links WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_link(row) for row in rows]
+
     async def get_link(self, code: str) -> Link | None:
         async with self.db.execute(
             f"SELECT {_LINK_COLUMNS} FROM links WHERE code = ?", (code,)
