@@ -64,9 +64,11 @@ class CountingStore(SqliteStore):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.lookups = 0
+        self.looking = asyncio.Event()
 
     async def get_link(self, code: str) -> Link | None:
         self.lookups += 1
+        self.looking.set()
         await asyncio.sleep(0.05)
         return await super().get_link(code)
 
@@ -102,7 +104,7 @@ async def test_invalidation_during_a_lookup_keeps_the_old_answer_out(tmp_path: P
     try:
         tiered = TieredCache(L1Cache(100, 60, 5), None, store)
         lookup = asyncio.ensure_future(tiered.load("code"))
-        await asyncio.sleep(0.01)
+        await store.looking.wait()  # the lookup has read its epoch and asks the store
         tiered.l1.invalidate("code")
         assert await lookup is MISSING
         assert tiered.l1.get("code") is None

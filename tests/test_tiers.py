@@ -15,10 +15,11 @@ import redis.asyncio as aioredis
 from prometheus_client.mmap_dict import MmapedDict
 
 from devservices.processes import hung
-from shortener.app import STORE, TIERED, create_app
+from shortener.app import STORE, TIERED, VISITS, create_app
 from shortener.auth import create_key
 from shortener.cache.redis import KEY_PREFIX, decode
 from shortener.config import Settings
+from shortener.errors import StoreUnavailable
 from tests.contract import ContractClient
 from tests.services import PostgresServer, RedisServer
 from tests.test_api import LINKS
@@ -54,6 +55,21 @@ async def subscribed(*apps: ContractClient) -> None:
     while not all(app.app[TIERED].l2.subscribed for app in apps):  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "never subscribed to invalidations"
         await asyncio.sleep(0.02)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, limit: float = 5.0) -> None:
+    """Awaits ``condition`` until it holds; fails after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not await condition():
+        assert time.monotonic() < deadline, f"not within {limit} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+def received(app: ContractClient) -> int:
+    """Invalidation messages this app has taken from the channel so far."""
+    l2 = app.app[TIERED].l2
+    assert l2 is not None
+    return l2.invalidations_received
 
 
 async def location(app: ContractClient, code: str) -> str | int:
@@ -92,9 +108,14 @@ async def test_delete_and_disable_reach_other_instances(make_app: MakeApp) -> No
     ).json()
     for link in (first, second):
         assert (await reader.get(f"/{link['code']}")).status == 302
+    before = received(reader)
     await writer.delete(f"{LINKS}/{first['code']}", headers=headers)
     await writer.patch(f"{LINKS}/{second['code']}", json={"disabled": True}, headers=headers)
-    await asyncio.sleep(0.1)
+
+    async def both_heard() -> bool:
+        return received(reader) >= before + 2
+
+    await until(both_heard, "the reader hears of both writes")
     assert (await reader.get(f"/{first['code']}")).status == 410
     assert (await reader.get(f"/{second['code']}")).status == 410
 
@@ -104,10 +125,15 @@ async def test_new_alias_replaces_a_cached_unknown_code_everywhere(make_app: Mak
     await subscribed(writer, reader)
     assert (await reader.get("/fresh")).status == 404
     headers = await admin_headers(writer)
+    before = received(reader)
     await writer.post(
         LINKS, json={"url": "https://example.com/f", "alias": "fresh"}, headers=headers
     )
-    await asyncio.sleep(0.1)
+
+    async def heard() -> bool:
+        return received(reader) > before
+
+    await until(heard, "the reader hears of the new alias")
     assert (await reader.get("/fresh")).status == 302
 
 
@@ -118,9 +144,14 @@ async def test_batch_create_replaces_cached_unknown_codes_everywhere(make_app: M
     assert (await reader.get("/bulk2")).status == 404
     headers = await admin_headers(writer)
     links = [{"url": f"https://example.com/{code}", "alias": code} for code in ("bulk1", "bulk2")]
+    before = received(reader)
     reply = await writer.post(f"{LINKS}/batch", json={"links": links}, headers=headers)
     assert [result["status"] for result in reply.json()["results"]] == [201, 201]
-    await asyncio.sleep(0.1)
+
+    async def both_heard() -> bool:
+        return received(reader) >= before + 2
+
+    await until(both_heard, "the reader hears of both new aliases")
     assert (await reader.get("/bulk1")).headers["Location"] == "https://example.com/bulk1"
     assert (await reader.get("/bulk2")).headers["Location"] == "https://example.com/bulk2"
 
@@ -208,11 +239,106 @@ async def test_redis_killed_redirects_and_writes_go_on(
     # The reader flushed its L1 on resubscribing, so the write made during the outage shows.
     assert await location(reader, hot["code"]) == "https://example.com/hot2"
     assert (await reader.get("/readyz")).json()["dependencies"]["redis"]["status"] == "up"
+    before = received(reader)
     await writer.patch(
         f"{LINKS}/{hot['code']}", json={"url": "https://example.com/hot3"}, headers=headers
     )
-    await asyncio.sleep(0.1)
+
+    async def heard() -> bool:
+        return received(reader) > before
+
+    await until(heard, "the reader hears of the write after Redis returned")
     assert await location(reader, hot["code"]) == "https://example.com/hot3"
+
+
+async def test_the_first_write_after_redis_restarts_is_published_at_once(
+    make_app: MakeApp, redis_server: RedisServer
+) -> None:
+    writer, reader = await make_app(), await make_app()
+    await subscribed(writer, reader)
+    headers = await admin_headers(writer)
+    link = (await writer.post(LINKS, json={"url": "https://example.com/1"}, headers=headers)).json()
+    for app in (writer, reader):  # an L1 entry in each, so that each flushes on re-subscribing
+        assert await location(app, link["code"]) == "https://example.com/1"
+    l2 = writer.app[TIERED].l2
+    assert l2 is not None
+    flushes = [app.app[TIERED].l2.flushes for app in (writer, reader)]  # type: ignore[union-attr]
+
+    redis_server.kill()
+    redis_server.start()
+
+    async def resubscribed() -> bool:
+        now = [app.app[TIERED].l2.flushes for app in (writer, reader)]  # type: ignore[union-attr]
+        return all(after > before for after, before in zip(now, flushes, strict=True))
+
+    await until(resubscribed, "both apps subscribe again")
+    # The writer's pooled connection died with Redis; its publish must not fail on it.
+    errors, heard = l2.errors.get("publish", 0), received(reader)
+    await writer.patch(
+        f"{LINKS}/{link['code']}", json={"url": "https://example.com/2"}, headers=headers
+    )
+    assert l2.errors.get("publish", 0) == errors
+
+    async def published() -> bool:
+        return received(reader) > heard
+
+    await until(published, "the reader hears of the write")
+    assert await location(reader, link["code"]) == "https://example.com/2"
+
+
+async def test_redis_hung_costs_three_timeouts_then_none(
+    make_app: MakeApp, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung Redis (SIGSTOP: connections accepted, nothing answered) holds every call for
+    its whole timeout; the breaker must stop asking it after three."""
+    monkeypatch.setattr("shortener.cache.redis._SILENCE_LIMIT", 1.5)
+    writer, reader = await make_app(), await make_app(l1_size=0)
+    await subscribed(writer, reader)
+    headers = await admin_headers(writer)
+    link = (
+        await writer.post(LINKS, json={"url": "https://example.com/hot"}, headers=headers)
+    ).json()
+    l2 = reader.app[TIERED].l2
+    assert l2 is not None
+    assert (await reader.get(f"/{link['code']}")).status == 302  # from L2
+    hits = l2.hits
+
+    with hung(redis_server.pid):
+        started = time.monotonic()
+        statuses = [(await reader.get(f"/{link['code']}")).status for _ in range(40)]
+        elapsed = time.monotonic() - started
+        assert statuses == [302] * 40  # from the store: L1 is off in this app
+        assert l2.breaker.is_open and l2.hits == hits
+        # Three calls waited for their timeout and opened the breaker; after that, L2 was
+        # skipped but for one trial call a second.
+        assert l2.errors["get"] <= 3 + int(elapsed) + 1
+        # Forty timeouts would take two seconds.
+        assert elapsed < 1.5
+        assert not await l2.ping()
+        ready = await reader.get("/readyz")
+        assert ready.status == 200
+        assert ready.json()["dependencies"]["redis"]["status"] == "down"
+
+        # The subscription says nothing: after the silence limit it counts as lost.
+        async def lost() -> bool:
+            return not l2.subscribed
+
+        await until(lost, "the silent subscription counts as lost")
+        patched = await writer.patch(
+            f"{LINKS}/{link['code']}", json={"url": "https://example.com/new"}, headers=headers
+        )
+        assert patched.status == 200
+
+    async def back() -> bool:
+        return l2.subscribed and not l2.breaker.is_open
+
+    # Redis answers again: subscribed again, the breaker closed by a trial call, and the
+    # write made meanwhile replayed into L2.
+    async def new_target() -> bool:
+        return await location(reader, link["code"]) == "https://example.com/new" and await back()
+
+    await until(new_target, "the reader is back on Redis with the new target")
+    assert l2.hits > hits
 
 
 async def test_postgres_down_cached_links_redirect_others_503(
@@ -238,19 +364,23 @@ async def test_postgres_down_cached_links_redirect_others_503(
         ready = await app.get("/readyz")
         assert ready.status == 200
         assert ready.json()["dependencies"]["store"]["status"] == "down"
+        # A flush while the store is down fails and keeps every count for the next one.
+        for recorder in (app.app[VISITS], l1_only.app[VISITS]):
+            held = recorder.clicks_buffered
+            assert held > 0
+            with pytest.raises(StoreUnavailable):
+                await recorder.drain()
+            assert recorder.clicks_buffered == held and recorder.clicks_dropped == 0
     finally:
         postgres_server.start()
 
-    deadline = time.monotonic() + 15
-    while (
-        await app.post(LINKS, json={"url": "https://example.com/w"}, headers=headers)
-    ).status != 201:
-        assert time.monotonic() < deadline, "the pool never recovered"
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(1.5)
-    got = await app.get(f"{LINKS}/{cached['code']}", headers=headers)
-    # Both clicks counted while the store was down were kept and written when it came back.
-    assert got.json()["clicks"] == 3
+    async def clicks_written() -> bool:
+        got = await app.get(f"{LINKS}/{cached['code']}", headers=headers)
+        return got.status == 200 and got.json()["clicks"] == 3
+
+    # The clicks counted before and during the outage (three) were all written once the
+    # store came back, by the apps' own background flushes.
+    await until(clicks_written, "the clicks kept through the outage are written", limit=15)
 
 
 async def test_postgres_hung_uncached_redirects_and_writes_get_503_at_once(
@@ -300,14 +430,17 @@ async def test_postgres_hung_uncached_redirects_and_writes_get_503_at_once(
 
 @pytest.mark.slow
 def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
-    app_instance_factory: Any, postgres_url: str, redis_url: str
+    postgres_url: str, redis_url: str, app_instance_factory: Any, tmp_path: Path
 ) -> None:
     from tests.services import keys_create
     from tests.test_serve import shorten
 
     env = {"SHORTENER_DATABASE_URL": postgres_url, "SHORTENER_REDIS_URL": redis_url}
     writer = app_instance_factory(env, workers=2)
-    reader = app_instance_factory(env, workers=2)
+    metrics_dir = tmp_path / "reader-metrics"
+    metrics_dir.mkdir()
+    reader = app_instance_factory({**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, 2)
+    workers = set(reader.worker_pids())
     key = keys_create(env)
     link = asyncio.run(shorten(writer.url, key, url="https://example.com/old"))
     target = f"{reader.url}/{link['code']}"
@@ -317,11 +450,19 @@ def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
         async with session.get(target, allow_redirects=False) as response:
             return time.monotonic(), response.headers["Location"]
 
+    async def answered() -> dict[int, int]:
+        # Once the workers have published (once a second) what they answered so far.
+        await asyncio.sleep(1.2)
+        return redirects_per_worker(metrics_dir)
+
     async def run() -> tuple[float, list[tuple[float, str]]]:
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
             warm = await asyncio.gather(*(poll(session) for _ in range(40)))
             assert {location for _, location in warm} == {"https://example.com/old"}
+            before = await answered()
+            # Each worker answered, so each holds the old target in its L1.
+            assert {pid for pid, count in before.items() if count} == workers, before
             async with session.patch(
                 f"{writer.url}/api/v1/links/{link['code']}",
                 json={"url": "https://example.com/new"},
@@ -332,6 +473,9 @@ def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
             answers = []
             while time.monotonic() - written_at < 0.5:
                 answers += await asyncio.gather(*(poll(session) for _ in range(4)))
+            after = await answered()
+            # Each worker answered after the write too, so each was checked.
+            assert {pid for pid in workers if after[pid] > before[pid]} == workers, after
             return written_at, answers
 
     written_at, answers = asyncio.run(run())

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shortener.cache.breaker import Breaker
@@ -138,7 +139,7 @@ class RedisTier:
         try:
             try:
                 await self._publish(pending)
-            except ConnectionError:
+            except RedisConnectionError:
                 # The first call after Redis came back may get a pooled connection that
                 # Redis closed while it was away; a fresh one is worth one more try.
                 await self._publish(pending)
