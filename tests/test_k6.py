@@ -6,20 +6,25 @@ breaks (a failed request, a dropped iteration, a p99 over its limit), so the exi
 verdict; the JSON summary shows that every request type was sent. The latency limits are
 looser than the scripts' defaults: this proves the suite and the service under it, on a
 2-core machine shared with k6 itself, not the machine's speed (docs/BENCHMARKS.md has that).
+After the spike, every redirect k6 saw answered is in the store exactly once, as a visit or a
+bot of the analytics and as a click.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sysconfig
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import redis
 
@@ -41,6 +46,8 @@ LATENCY_LIMITS = {
     "P99_UPDATE_MS": "3000",
 }
 K6_TIMEOUT_S = 60
+# Flushes are 1 s apart in every worker; counts settle well within this.
+SETTLE_S = 10.0
 
 
 def k6_binary() -> str:
@@ -124,6 +131,33 @@ def test_smoke_passes_its_thresholds(k6_topology: Topology, tmp_path: Path) -> N
     assert report["requests"] >= 190
 
 
+async def recorded(database_url: str) -> tuple[int, int]:
+    """visits + bots over all links, and clicks over all links."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        counted = await connection.fetchval(
+            "SELECT coalesce(sum(count), 0)::bigint FROM visit_counts WHERE dimension = 'total'"
+        )
+        clicks = await connection.fetchval("SELECT coalesce(sum(clicks), 0)::bigint FROM links")
+    finally:
+        await connection.close()
+    return int(counted), int(clicks)
+
+
+def settled(database_url: str, expected: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The totals once two readings a flush apart agree (and equal `expected`, if given)."""
+    deadline = time.monotonic() + SETTLE_S
+    last = asyncio.run(recorded(database_url))
+    while True:
+        time.sleep(1.5)
+        now = asyncio.run(recorded(database_url))
+        if now == last and (expected is None or now == expected):
+            return now
+        if time.monotonic() > deadline:
+            return now
+        last = now
+
+
 def test_spike_of_ten_times_passes_its_thresholds(k6_topology: Topology, tmp_path: Path) -> None:
     spike = {
         "BASE_RATE": "20",
@@ -138,8 +172,14 @@ def test_spike_of_ten_times_passes_its_thresholds(k6_topology: Topology, tmp_pat
         # a few may be k6's own, so 1% of the ~2,700 planned are tolerated.
         "DROPPED_MAX": "27",
     }
+    before = settled(k6_topology.database_url)
     result, report = run_k6("spike", k6_topology, tmp_path, spike)
     assert_passed(result, report)
+    # Every redirect k6 saw answered was counted once, as a visit or a bot, and as a click.
+    answered = report["types"]["redirect"]["requests"] - report["types"]["redirect"]["failed"]
+    expected = (before[0] + answered, before[1] + answered)
+    after = settled(k6_topology.database_url, expected)
+    assert (after[0] - before[0], after[1] - before[1]) == (answered, answered)
     phases = {phase["name"]: phase for phase in report["phases"]}
     assert list(phases) == ["warm", "ramp-up", "peak", "ramp-down", "cool"]
     # The peak really was about ten times the warm rate (200/s for 10 s, 20/s for 4 s).

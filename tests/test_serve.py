@@ -61,7 +61,7 @@ def test_serve_runs_on_the_embedded_default_with_no_configuration(tmp_path: Path
     assert (tmp_path / "shortener.db").exists()
 
 
-def test_gunicorn_workers_flush_clicks_on_sigterm(
+def test_gunicorn_workers_flush_clicks_and_visits_on_sigterm(
     app_instance_factory: Any, postgres_url: str
 ) -> None:
     env = {
@@ -83,17 +83,22 @@ def test_gunicorn_workers_flush_clicks_on_sigterm(
     assert asyncio.run(visit()) == [302] * 40
     instance.stop()
 
-    async def clicks() -> int:
+    async def clicks_and_visits() -> tuple[int, int]:
         connection = await asyncpg.connect(postgres_url)
         try:
-            value: int = await connection.fetchval(
-                "SELECT clicks FROM links WHERE code = $1", link["code"]
+            row = await connection.fetchrow(
+                """SELECT clicks, (SELECT coalesce(sum(count), 0)::bigint FROM visit_counts
+                                   WHERE link_id = links.id AND dimension = 'total')
+                   FROM links WHERE code = $1""",
+                link["code"],
             )
-            return value
+            assert row is not None
+            return row[0], row[1]
         finally:
             await connection.close()
 
-    assert asyncio.run(clicks()) == 40
+    # The visits too: the shutdown flush writes them with the clicks.
+    assert asyncio.run(clicks_and_visits()) == (40, 40)
 
 
 def test_max_visits_is_exact_across_instances_and_workers(
