@@ -106,6 +106,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_limiter_lifecycle)
     app.cleanup_ctx.append(_visit_flusher)
     app.cleanup_ctx.append(_metrics_sync)
+    app.cleanup_ctx.append(lambda _app: _readiness_probes(ops))
     if l2 is not None:
         app.cleanup_ctx.append(_invalidation_listener)
     return app
@@ -140,6 +141,15 @@ async def _visit_flusher(app: web.Application) -> AsyncIterator[None]:
 
 async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(sync_metrics(app[TIERED], app[VISITS], app[STORE]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _readiness_probes(ops: Operations) -> AsyncIterator[None]:
+    await ops.refresh()
+    task = asyncio.create_task(ops.keep_refreshing())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

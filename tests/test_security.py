@@ -5,7 +5,9 @@ docs/SECURITY.md lists every attack with the defence and the test here that hold
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from shortener.app import STORE
 from shortener.auth import create_key
 from shortener.config import Settings
+from shortener.web.ops import READINESS_INTERVAL
 from tests.conftest import Keys
 from tests.contract import ContractClient
 from tests.test_api import LINKS, create
@@ -189,3 +192,25 @@ async def test_other_sites_cannot_create_links_through_their_visitors(
         headers={"Authorization": f"Bearer {key}", "Content-Type": "text/plain"},
     )
     assert patched.status == 415
+
+
+async def test_readyz_answers_from_background_probes_not_a_ping_per_call(
+    client: ContractClient,
+) -> None:
+    store = client.app[STORE]
+    pings = 0
+    ping = store.ping
+
+    async def counted_ping() -> None:
+        nonlocal pings
+        pings += 1
+        await ping()
+
+    store.ping = counted_ping  # type: ignore[method-assign]
+    started = time.monotonic()
+    replies = await asyncio.gather(*(client.get("/readyz") for _ in range(300)))
+    elapsed = time.monotonic() - started
+    assert {reply.status for reply in replies} == {200}
+    assert replies[0].json()["dependencies"]["store"]["status"] == "up"
+    # Only the background probe pings, once per READINESS_INTERVAL; 300 calls made none.
+    assert pings <= 1 + elapsed / READINESS_INTERVAL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from importlib import resources
 
 import orjson
@@ -14,7 +15,13 @@ from shortener.cache.redis import RedisTier
 from shortener.errors import StoreUnavailable
 from shortener.store import Store
 
+log = logging.getLogger(__name__)
+
 _JSON = "application/json"
+
+
+# How often each worker probes its dependencies for /readyz.
+READINESS_INTERVAL = 1.0
 
 
 class Operations:
@@ -26,12 +33,16 @@ class Operations:
         self._l2 = l2
         self._probe_timeout = probe_timeout
         self._openapi = resources.files("shortener.web").joinpath("openapi.json").read_bytes()
+        self._store_up = False
+        self._redis_up: bool | None = None
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        store_up, redis_up = await asyncio.gather(self._store_up(), self._redis_up())
+        # Answered from the last probe, never by probing: a flood of /readyz must not become
+        # a flood of pings on PostgreSQL and Redis.
+        store_up, redis_up = self._store_up, self._redis_up
         # With the store down, cached links still redirect: a shared outage must not take
         # every instance out of rotation. Only an instance that can answer nothing leaves.
         ready = store_up or bool(redis_up) or len(self._l1) > 0
@@ -51,14 +62,29 @@ class Operations:
             headers={"Cache-Control": "no-store"},
         )
 
-    async def _store_up(self) -> bool:
+    async def refresh(self) -> None:
+        """Probes the store and Redis once, for /readyz to answer from."""
+        self._store_up, self._redis_up = await asyncio.gather(
+            self._probe_store(), self._probe_redis()
+        )
+
+    async def keep_refreshing(self, interval: float = READINESS_INTERVAL) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:  # the probes must outlive any surprise, or /readyz goes stale
+                log.exception("readiness probe failed")
+                self._store_up, self._redis_up = False, None if self._l2 is None else False
+
+    async def _probe_store(self) -> bool:
         try:
             await asyncio.wait_for(self._store.ping(), self._probe_timeout)
         except (StoreUnavailable, TimeoutError):
             return False
         return True
 
-    async def _redis_up(self) -> bool | None:
+    async def _probe_redis(self) -> bool | None:
         if self._l2 is None:
             return None
         return self._l2.subscribed and await self._l2.ping()
