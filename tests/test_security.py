@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
+import yaml
 
+from devservices.processes import PROJECT_ROOT
 from shortener.app import STORE
 from shortener.auth import create_key
 from shortener.config import Settings
@@ -214,3 +217,110 @@ async def test_readyz_answers_from_background_probes_not_a_ping_per_call(
     assert replies[0].json()["dependencies"]["store"]["status"] == "up"
     # Only the background probe pings, once per READINESS_INTERVAL; 300 calls made none.
     assert pings <= 1 + elapsed / READINESS_INTERVAL
+
+
+@pytest.fixture
+async def limited(
+    postgres_url: str, redis_url: str, make_client: Any
+) -> tuple[ContractClient, dict[str, str]]:
+    """An app behind a trusted loopback proxy, with small limits; and an admin key's header."""
+    settings = Settings(
+        database_url=postgres_url,
+        redis_url=redis_url,
+        base_url="https://sho.rt",
+        public_create=True,
+        public_create_per_minute=3,
+        not_found_per_minute=3,
+        trusted_proxies=(ip_network("127.0.0.0/8"), ip_network("::1/128")),
+    )
+    client = await make_client(settings)
+    _, key = await create_key(client.app[STORE], "admin", admin=True)
+    return client, {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize("backend_url", ["postgres"], indirect=True)
+async def test_limits_count_an_ipv6_slash_64_as_one_client(
+    limited: tuple[ContractClient, dict[str, str]],
+) -> None:
+    client, admin = limited
+    statuses = []
+    for host in range(1, 5):  # a new address of the same /64 for every request
+        reply = await client.post(
+            LINKS,
+            json={"url": "https://example.com/"},
+            headers={"X-Forwarded-For": f"2001:db8:1:2::{host:x}"},
+        )
+        statuses.append(reply.status)
+    assert statuses == [201, 201, 201, 429]
+    other = {"X-Forwarded-For": "2001:db8:1:3::1"}
+    assert (
+        await client.post(LINKS, json={"url": "https://example.com/"}, headers=other)
+    ).status == 201
+
+    link = await create(client, admin["Authorization"].split()[1], url="https://example.com/r")
+    scans = [
+        (await client.get(f"/guess{n}", headers={"X-Forwarded-For": f"2001:db8:9:9:{n}::1"})).status
+        for n in range(1, 5)
+    ]
+    assert scans == [404, 404, 404, 429]
+    rotated = {"X-Forwarded-For": "2001:db8:9:9:ffff::1"}
+    assert (await client.get(f"/{link['code']}", headers=rotated)).status == 429
+
+
+# What a browser sends for an <img> on another site's page, and for following a link.
+EMBEDDED = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+NAVIGATION = {
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+}
+
+
+@pytest.mark.parametrize("backend_url", ["postgres"], indirect=True)
+async def test_a_page_elsewhere_cannot_get_its_visitors_refused(
+    limited: tuple[ContractClient, dict[str, str]],
+) -> None:
+    client, admin = limited
+    link = await create(client, admin["Authorization"].split()[1], url="https://example.com/r")
+    victim = {"X-Forwarded-For": "198.51.100.20"}
+    # The page's <img> tags of made-up codes: past the limit they are refused...
+    loads = [
+        (await client.get(f"/made-up{n}", headers={**victim, **EMBEDDED})).status for n in range(4)
+    ]
+    assert loads == [404, 404, 404, 429]
+    assert (await client.get(f"/{link['code']}", headers={**victim, **EMBEDDED})).status == 429
+    # ...but the visitor following a link, or asking directly, is not.
+    assert (await client.get(f"/{link['code']}", headers={**victim, **NAVIGATION})).status == 302
+    assert (await client.get(f"/{link['code']}", headers=victim)).status == 302
+    # A scanner that sends those headers itself gains one more budget, not an unlimited one.
+    scanner = {"X-Forwarded-For": "198.51.100.30"}
+    for headers in ({**scanner, **EMBEDDED}, scanner):
+        scans = [(await client.get(f"/guess{n}", headers=headers)).status for n in range(4)]
+        assert scans == [404, 404, 404, 429]
+        assert (await client.get(f"/{link['code']}", headers=headers)).status == 429
+
+
+def test_kubernetes_pods_admit_only_the_proxies_whose_forwarded_for_they_believe() -> None:
+    """The manifests believe X-Forwarded-For from all of 10.0.0.0/8 (the pod network): that
+    holds only while no pod but the ingress controller (and Prometheus) can connect."""
+    k8s = PROJECT_ROOT / "deploy" / "kubernetes"
+    config = yaml.safe_load((k8s / "configmap.yaml").read_text(encoding="utf-8"))
+    trusted = config["data"]["SHORTENER_TRUSTED_PROXIES"]
+    assert trusted == "10.0.0.0/8", "a change here must be judged against networkpolicy.yaml"
+    assert (
+        "networkpolicy.yaml"
+        in yaml.safe_load((k8s / "kustomization.yaml").read_text())["resources"]
+    )
+    policy = yaml.safe_load((k8s / "networkpolicy.yaml").read_text(encoding="utf-8"))
+    deployment = yaml.safe_load((k8s / "deployment.yaml").read_text(encoding="utf-8"))
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    sources = []
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without 'from' admits every pod"
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector"}, f"only whole namespaces: {peer}"
+            sources.append(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+    assert sorted(sources) == ["ingress-nginx", "monitoring"]

@@ -27,7 +27,7 @@ from shortener.links.service import LinkService
 from shortener.web import MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES
 from shortener.web.callers import Callers
 from shortener.web.problems import problem_body
-from shortener.web.ratelimit import RateLimiter, client_address
+from shortener.web.ratelimit import RateLimiter, client_key
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
@@ -52,7 +52,7 @@ class LinksApi:
             refuse_foreign_origin(request, settings.base_url)
         body = await read_json(request, settings.body_timeout)
         if caller is None:
-            address = client_address(request, settings.trusted_proxies)
+            address = client_key(request, settings.trusted_proxies)
             await self._limiter.check("create-keyless", address, settings.public_create_per_minute)
         else:
             await self._limiter.check(
@@ -71,7 +71,7 @@ class LinksApi:
         body = await read_json(request, settings.body_timeout, MAX_BATCH_BODY_BYTES)
         bodies = _batch_items(body)
         if caller is None:
-            address = client_address(request, settings.trusted_proxies)
+            address = client_key(request, settings.trusted_proxies)
             allowed, wait = await self._limiter.take(
                 "create-keyless", address, settings.public_create_per_minute, len(bodies)
             )

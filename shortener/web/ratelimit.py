@@ -118,6 +118,19 @@ class PenaltyBox:
         return max(1, math.ceil(left)) if left > 0 else None
 
 
+def client_key(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
+    """What limits count under: the client address, or for IPv6 its /64. One subscriber
+    usually holds a whole /64 and can rotate through it freely, so a limit per address of it
+    would be no limit."""
+    address = client_address(request, trusted)
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    except ValueError:
+        return address
+
+
 def client_address(request: web.Request, trusted: tuple[IPNetwork, ...]) -> str:
     """The peer, or behind trusted proxies the nearest untrusted hop of X-Forwarded-For."""
     return forwarded_client(request.remote, request.headers.get("X-Forwarded-For"), trusted)

@@ -15,7 +15,7 @@ from shortener.links.model import MISSING
 from shortener.store import Store
 from shortener.visits.recorder import VisitRecorder
 from shortener.web.problems import render
-from shortener.web.ratelimit import PenaltyBox, RateLimiter, client_address
+from shortener.web.ratelimit import PenaltyBox, RateLimiter, client_key
 
 # Browsers may keep a plain redirect this long; limited links must reach us on every visit.
 CACHE_CONTROL = "private, max-age=90"
@@ -43,7 +43,7 @@ class Redirects:
 
     async def follow(self, request: web.Request) -> web.Response:
         if self._penalty:  # somebody is refused for walking unknown codes: is it this client?
-            wait = self._penalty.wait(client_address(request, self._trusted))
+            wait = self._penalty.wait(self._scanner_key(request))
             if wait is not None:
                 return render(request, rate_limited(wait))
 
@@ -80,9 +80,22 @@ class Redirects:
         )
 
     async def _not_found(self, request: web.Request) -> web.Response:
-        address = client_address(request, self._trusted)
-        wait = await self._limiter.wait("not-found", address, self._not_found_per_minute)
+        key = self._scanner_key(request)
+        wait = await self._limiter.wait("not-found", key, self._not_found_per_minute)
         if wait is not None:
-            self._penalty.put(address, wait)
+            self._penalty.put(key, wait)
             return render(request, rate_limited(wait))
         return render(request, not_found())
+
+    def _scanner_key(self, request: web.Request) -> str:
+        """Unknown codes are counted, and their senders refused, per client; what another
+        site's page makes a browser load (an <img> or <iframe> of made-up codes) counts
+        apart, so such a page cannot get its visitors refused when they follow a link."""
+        key = client_key(request, self._trusted)
+        headers = request.headers
+        if (
+            headers.get("Sec-Fetch-Site") == "cross-site"
+            and headers.get("Sec-Fetch-Dest") != "document"
+        ):
+            return f"{key} embedded"
+        return key
