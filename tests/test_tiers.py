@@ -607,3 +607,216 @@ def test_a_change_right_after_redis_returns_reaches_every_worker_within_100_ms(
         assert {pid for pid, count in answered.items() if count > 0} >= workers, (
             f"round {n}: not every worker answered after the write: {answered}"
         )
+
+
+class MixedLoad:
+    """Paced requests, each (kind, method, url), round-robin over ``plan`` at about ``rate``
+    a second with at most ``concurrency`` in flight, until stopped; every answer is recorded
+    as (kind, sent, seconds taken, status, Retry-After) on the monotonic clock."""
+
+    def __init__(
+        self, plan: list[tuple[str, str, str]], key: str, rate: float = 150.0, concurrency: int = 8
+    ) -> None:
+        self._plan = plan
+        self._auth = {"Authorization": f"Bearer {key}"}
+        self._pause = concurrency / rate
+        self._concurrency = concurrency
+        self._stopped = False
+        self.answers: list[tuple[str, float, float, int, str | None]] = []
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def of(self, kind: str, since: float = 0.0) -> list[tuple[float, float, int, str | None]]:
+        return [answer[1:] for answer in self.answers if answer[0] == kind and answer[1] >= since]
+
+    async def run(self, limit: float = 60.0) -> None:
+        until = time.monotonic() + limit
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def sender(offset: int) -> None:
+                n = offset
+                while not self._stopped and time.monotonic() < until:
+                    kind, method, url = self._plan[n % len(self._plan)]
+                    # A code no tier has seen: the store must be asked.
+                    url = url.replace("{fresh}", f"Zz{n:05d}")
+                    n += self._concurrency
+                    body = {"url": f"https://example.com/load/{n}"} if method == "POST" else None
+                    sent = time.monotonic()
+                    async with session.request(
+                        method, url, json=body, headers=self._auth, allow_redirects=False
+                    ) as response:
+                        await response.read()
+                        taken = time.monotonic() - sent
+                        retry_after = response.headers.get("Retry-After")
+                        self.answers.append((kind, sent, taken, response.status, retry_after))
+                    await asyncio.sleep(self._pause)
+
+            await asyncio.gather(*(sender(n) for n in range(self._concurrency)))
+
+
+def _two_instances_with_links(
+    app_instance_factory: Any, postgres_url: str, redis_url: str, *extra: dict[str, str]
+) -> tuple[list[Any], str, list[str]]:
+    """Two instances of two workers on one PostgreSQL and Redis (``extra`` adds to each
+    one's settings), an admin key, and 20 links followed through both instances until every
+    worker holds them in L1 and Redis has them. Unknown codes are not rate-limited."""
+    from tests.services import keys_create
+    from tests.test_serve import shorten
+
+    env = {
+        "SHORTENER_DATABASE_URL": postgres_url,
+        "SHORTENER_REDIS_URL": redis_url,
+        "SHORTENER_NOT_FOUND_PER_MINUTE": "1000000",
+    }
+    instances = [app_instance_factory({**env, **more}, workers=2) for more in extra]
+    key = keys_create(env, "ops", admin=True)
+
+    async def links() -> list[str]:
+        made = [
+            await shorten(instances[0].url, key, url=f"https://example.com/{n}") for n in range(20)
+        ]
+        return [link["code"] for link in made]
+
+    cached = asyncio.run(links())
+
+    async def warm() -> None:
+        # A fresh connection each, so that every worker sees them.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for instance in instances:
+                for _ in range(6):
+                    for code in cached:
+                        url = f"{instance.url}/{code}"
+                        async with session.get(url, allow_redirects=False) as response:
+                            assert response.status == 302
+
+    asyncio.run(warm())
+    return instances, key, cached
+
+
+def _figures(name: str, **figures: Any) -> None:
+    """One line per run for docs/RESILIENCE.md (visible with ``-rP``)."""
+    print(f"FIGURES {name} {json.dumps(figures)}")
+
+
+def _plan(instances: list[Any], cached: list[str]) -> list[tuple[str, str, str]]:
+    """Through both instances in turn: half redirects of cached links, a quarter redirects
+    of codes no tier has seen (each a new one), a quarter creates."""
+    plan = []
+    for n in range(40):
+        instance = instances[n % 2].url
+        plan += [
+            ("cached", "GET", f"{instance}/{cached[n % len(cached)]}"),
+            ("uncached", "GET", f"{instance}/{{fresh}}"),
+            ("cached", "GET", f"{instance}/{cached[(n + 7) % len(cached)]}"),
+            ("create", "POST", f"{instance}/api/v1/links"),
+        ]
+    return plan
+
+
+@pytest.mark.slow
+def test_postgres_hung_under_traffic_uncached_answers_503_at_once(
+    postgres_url: str,
+    redis_url: str,
+    postgres_server: PostgresServer,
+    app_instance_factory: Any,
+) -> None:
+    """Every PostgreSQL process SIGSTOPped for 4 s under traffic through two instances of
+    two workers: cached links redirect, uncached ones and creates get 503 with Retry-After,
+    after the first few in well under the contract's second."""
+    instances, key, cached = _two_instances_with_links(
+        app_instance_factory, postgres_url, redis_url, {}, {}
+    )
+    plan = _plan(instances, cached)
+
+    async def run() -> tuple[MixedLoad, float, float]:
+        load = MixedLoad(plan, key)
+        running = asyncio.create_task(load.run())
+        await asyncio.sleep(1.0)
+        with hung(postgres_server.pid):
+            stopped_at = time.monotonic()
+            await asyncio.sleep(4.0)
+        resumed_at = time.monotonic()
+        await asyncio.sleep(3.0)
+        load.stop()
+        await running
+        return load, stopped_at, resumed_at
+
+    load, stopped_at, resumed_at = asyncio.run(run())
+    during = [a for a in load.answers if stopped_at <= a[1] and a[1] + a[2] <= resumed_at]
+    refused = [a for a in during if a[0] != "cached"]
+    settled = sorted(a[2] for a in refused if a[1] >= stopped_at + 1.5)
+    _figures(
+        "postgres_hung",
+        cached_during=sum(a[0] == "cached" for a in during),
+        cached_failed=sum(a[0] == "cached" and a[3] != 302 for a in during),
+        refused=len(refused),
+        refused_max_ms=round(max((a[2] for a in refused), default=0) * 1000),
+        settled=len(settled),
+        settled_p99_ms=round(settled[int(len(settled) * 0.99)] * 1000, 1) if settled else None,
+    )
+    assert [a for a in during if a[0] == "cached" and a[3] != 302] == []
+    assert refused and {(a[3], a[4]) for a in refused} == {(503, "1")}
+    # The first calls of each worker wait for their timeout; none waits longer than the
+    # 1 s contract (and a little for the client), and once the breakers are open (a second
+    # and a half in) none waits at all.
+    assert max(a[2] for a in refused) < 1.2
+    assert len(settled) >= 50
+    assert settled[int(len(settled) * 0.99)] < 0.1, settled[-10:]
+    # After the store answers again (the probes close the breakers), everything works.
+    late = [a for a in load.answers if a[1] >= resumed_at + 1.5]
+    assert late and {(a[0], a[3]) for a in late} == {
+        ("cached", 302),
+        ("uncached", 404),
+        ("create", 201),
+    }
+
+
+@pytest.mark.slow
+def test_redis_hung_under_traffic_no_redirect_fails(
+    postgres_url: str,
+    redis_url: str,
+    redis_server: RedisServer,
+    app_instance_factory: Any,
+) -> None:
+    """Redis SIGSTOPped for 4 s under traffic through two instances of two workers: not one
+    redirect fails, creates go on, and the breakers keep every call from waiting long."""
+    # The second instance has no L1: every one of its redirects asks Redis first.
+    instances, key, cached = _two_instances_with_links(
+        app_instance_factory, postgres_url, redis_url, {}, {"SHORTENER_L1_SIZE": "0"}
+    )
+    plan = _plan(instances, cached)
+
+    async def run() -> tuple[MixedLoad, float, float]:
+        load = MixedLoad(plan, key)
+        running = asyncio.create_task(load.run())
+        await asyncio.sleep(1.0)
+        with hung(redis_server.pid):
+            stopped_at = time.monotonic()
+            await asyncio.sleep(4.0)
+        resumed_at = time.monotonic()
+        await asyncio.sleep(2.0)
+        load.stop()
+        await running
+        return load, stopped_at, resumed_at
+
+    load, stopped_at, resumed_at = asyncio.run(run())
+    expected = {"cached": 302, "uncached": 404, "create": 201}
+    failed = [a for a in load.answers if a[3] != expected[a[0]]]
+    assert failed == []
+    during = [a for a in load.answers if stopped_at <= a[1] and a[1] + a[2] <= resumed_at]
+    taken = sorted(a[2] for a in during)
+    _figures(
+        "redis_hung",
+        requests=len(load.answers),
+        failed=len(failed),
+        during=len(during),
+        during_p99_ms=round(taken[int(len(taken) * 0.99)] * 1000, 1),
+        during_max_ms=round(taken[-1] * 1000, 1),
+    )
+    assert len([a for a in during if a[0] != "create"]) >= 100
+    # A hung Redis costs a call its 50 ms timeout until the breaker opens; nothing waits
+    # for long.
+    assert max(a[2] for a in during) < 0.5, sorted(a[2] for a in during)[-10:]
