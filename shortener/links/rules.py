@@ -218,20 +218,31 @@ def parse_moment(field_name: str, raw: object) -> datetime:
         raise invalid(field_name, "must fall within the years 1 to 9999 in UTC") from None
 
 
+def _whole_number(raw: object) -> int | None:
+    """A JSON integer, and 3.0 as well: JSON Schema, and so the OpenAPI document, calls it one."""
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    return None
+
+
 def parse_max_visits(raw: object) -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool):
+    number = _whole_number(raw)
+    if number is None:
         raise invalid("max_visits", "must be an integer")
-    if raw < 1:
+    if number < 1:
         raise invalid("max_visits", "must be at least 1")
-    if raw > MAX_VISITS_LIMIT:
+    if number > MAX_VISITS_LIMIT:
         raise invalid("max_visits", f"must be at most {MAX_VISITS_LIMIT}")
-    return raw
+    return number
 
 
 def parse_redirect_status(raw: object) -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool) or raw not in REDIRECT_STATUSES:
+    status = _whole_number(raw)
+    if status not in REDIRECT_STATUSES:
         raise invalid("redirect_status", "must be one of 301, 302, 307, 308")
-    return raw
+    return status
 
 
 def parse_disabled(raw: object) -> bool:

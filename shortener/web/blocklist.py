@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import orjson
@@ -15,6 +16,10 @@ from shortener.web.api import read_json, rfc3339
 from shortener.web.callers import Callers
 
 _MAX_REASON = 500
+# An ASCII (punycode) host name, as the OpenAPI document states it.
+DOMAIN_PATTERN = r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?$"
+MAX_DOMAIN_LENGTH = 253
+_DOMAIN = re.compile(DOMAIN_PATTERN)
 
 
 class BlocklistApi:
@@ -52,15 +57,13 @@ def _parse_entry(body: object) -> tuple[str, str]:
     raw, reason = body.get("domain"), body.get("reason", "")
     if not isinstance(raw, str):
         raise invalid("domain", "must be a string")
-    try:
-        domain = normalise_domain(raw)
-    except ValueError:
-        raise invalid("domain", "must be a domain name such as example.com") from None
+    if len(raw) > MAX_DOMAIN_LENGTH or not _DOMAIN.fullmatch(raw):
+        raise invalid(
+            "domain", "must be a domain name in its ASCII (punycode) form, such as example.com"
+        )
     if not isinstance(reason, str) or len(reason) > _MAX_REASON:
         raise invalid("reason", f"must be a string of at most {_MAX_REASON} characters")
-    if not domain.isascii():
-        raise invalid("domain", "must be in its ASCII (punycode) form")
-    return domain, reason
+    return normalise_domain(raw), reason
 
 
 def _json(entry: BlockedDomain) -> dict[str, str]:
