@@ -35,7 +35,7 @@ class BlocklistApi:
 
     async def add(self, request: web.Request) -> web.Response:
         await self._callers.require_admin(request)
-        domain, reason = _parse_entry(await read_json(request, self._body_timeout))
+        domain, reason = parse_entry(await read_json(request, self._body_timeout))
         entry = await self._store.block_domain(domain, reason, datetime.now(UTC))
         return web.Response(
             status=201, body=orjson.dumps(_json(entry)), content_type="application/json"
@@ -48,7 +48,7 @@ class BlocklistApi:
         return web.Response(status=204)
 
 
-def _parse_entry(body: object) -> tuple[str, str]:
+def parse_entry(body: object) -> tuple[str, str]:
     if not isinstance(body, dict):
         raise invalid("domain", "the body must be a JSON object with a domain")
     unknown = sorted(set(body) - {"domain", "reason"})
