@@ -263,12 +263,10 @@ def parse_tags(raw: object) -> tuple[str, ...]:
     """Tags in lower case, duplicates dropped, in the order first given."""
     if not isinstance(raw, list):
         raise invalid("tags", "must be a list of strings")
-    tags: dict[str, None] = {}
-    for item in raw:
-        tags[parse_tag(item, "tags")] = None
-    if len(tags) > MAX_TAGS:
-        raise invalid("tags", f"must hold at most {MAX_TAGS} distinct tags")
-    return tuple(tags)
+    # Counted as given, duplicates too: the OpenAPI document's maxItems says so.
+    if len(raw) > MAX_TAGS:
+        raise invalid("tags", f"must hold at most {MAX_TAGS} tags")
+    return tuple(dict.fromkeys(parse_tag(item, "tags") for item in raw))
 
 
 def parse_tag(raw: object, field: str) -> str:
@@ -294,8 +292,8 @@ def parse_filter(text: str | None, tags: list[str]) -> LinkFilter:
         elif any(unicodedata.category(char) == "Cc" for char in text):
             collector.errors.append(FieldError("q", "must not contain control characters"))
     wanted = tuple(dict.fromkeys(collector.check(_parse_tag_parameter, raw) for raw in tags))
-    if len(wanted) > MAX_TAGS:
-        collector.errors.append(FieldError("tag", f"at most {MAX_TAGS} distinct tags"))
+    if len(tags) > MAX_TAGS:
+        collector.errors.append(FieldError("tag", f"at most {MAX_TAGS} tags"))
     if collector.errors:
         raise validation_failed(collector.errors)
     return LinkFilter(text=text or None, tags=wanted)
