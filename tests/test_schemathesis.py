@@ -26,8 +26,9 @@ EXAMPLES = 100
 
 
 def test_every_check_and_every_phase_pass(
-    app_instance_factory: AppInstanceFactory, postgres_url: str
+    postgres_url: str, app_instance_factory: AppInstanceFactory
 ) -> None:
+    # postgres_url first: its database is dropped after the instance has stopped.
     env = {
         "SHORTENER_DATABASE_URL": postgres_url,
         "SHORTENER_BASE_URL": "https://sho.rt",
@@ -76,11 +77,15 @@ def test_every_check_and_every_phase_pass(
     assert run.returncode == 0, report
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in run.stdout, report
-    # Every documented operation was fuzzed (a new endpoint joins by being documented).
-    operations = sum(
-        method in {"get", "head", "post", "patch", "put", "delete"}
-        for item in OPENAPI["paths"].values()
-        for method in item
+    # Every documented operation was fuzzed (a new endpoint joins by being documented), but
+    # GET /api/v1/openapi.json: Schemathesis leaves out the document it was given.
+    operations = (
+        sum(
+            method in {"get", "head", "post", "patch", "put", "delete"}
+            for item in OPENAPI["paths"].values()
+            for method in item
+        )
+        - 1
     )
     assert f"Selected: {operations}/{operations}" in run.stdout, report
     assert f"Tested: {operations}" in run.stdout, report
