@@ -21,8 +21,8 @@ from tests.services import PROJECT_ROOT, AppInstanceFactory, keys_create
 pytestmark = pytest.mark.slow
 
 SEED = 20261201
-# Test cases per operation and phase: about a minute on two cores.
-EXAMPLES = 100
+# Test cases per operation and phase: 60 to 100 s on two cores, busy or not.
+EXAMPLES = 60
 
 
 def test_every_check_and_every_phase_pass(
