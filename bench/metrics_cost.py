@@ -316,14 +316,14 @@ def section(
     )
 
 
-def write_section(path: Path, text: str) -> None:
+def write_section(path: Path, text: str, title: str = SECTION) -> None:
     """Replaces this section in the file, or appends it; every other section is kept as is.
 
     The file is read right before writing: other benchmarks write their own sections.
     """
     existing = path.read_text() if path.exists() else redirect.INTRO
     lines = existing.rstrip("\n").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == title), None)
     if start is None:
         before, after = lines, []
     else:
