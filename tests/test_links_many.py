@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from shortener.config import Settings
+from shortener.store import postgres
 from tests.conftest import Keys
 from tests.contract import ContractClient
 from tests.test_api import LINKS, create
@@ -115,9 +116,13 @@ async def pages(client: ContractClient, key: str, limit: int, **filters: Any) ->
     return seen
 
 
+@pytest.mark.parametrize("window", [5000, 4])
 async def test_search_and_tag_filters_page_without_duplicates_or_gaps(
-    client: ContractClient, keys: Keys
+    client: ContractClient, keys: Keys, window: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # PostgreSQL reads the newest links first, then older ones through the trigram index:
+    # a small window makes every page cross from one to the other.
+    monkeypatch.setattr(postgres, "_SEARCH_WINDOW", window)
     made: list[dict[str, Any]] = []
     for i in range(23):
         tags = ["even" if i % 2 == 0 else "odd"] + (["three"] if i % 3 == 0 else [])

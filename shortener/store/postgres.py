@@ -33,6 +33,8 @@ _CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled",
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
     redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version, title, tags"""
+# A search reads this many of the newest links of a listing before it turns to the index.
+_SEARCH_WINDOW = 5000
 # The expression links_search_trgm indexes (migration 0003): the same text, or no index.
 _SEARCH_TEXT = "(lower(code || E'\\n' || url) || E'\\n' || coalesce(title_folded, ''))"
 
@@ -327,23 +329,16 @@ class PostgresStore:
         where: LinkFilter = NO_FILTER,
     ) -> list[Link]:
         before = before_id if before_id is not None else 2**63 - 1
-        params: list[Any] = [before, limit]
-        conditions = ["deleted_at IS NULL", "id < $1"]
+        listing = _Conditions(["deleted_at IS NULL"], [])
         if owner_id is not None:
-            params.append(owner_id)
-            conditions.append(f"owner_id = ${len(params)}")
-        if where.text is not None:
-            params.append(f"%{like_escape(where.text.lower())}%")
-            conditions.append(f"{_SEARCH_TEXT} LIKE ${len(params)}")
+            listing.add("owner_id = {}", owner_id)
         if where.tags:
-            params.append(list(where.tags))
-            conditions.append(f"tags @> ${len(params)}::text[]")
+            listing.add("tags @> {}::text[]", list(where.tags))
         async with self._connection("list_links") as conn:
-            rows = await conn.fetch(
-                f"""SELECT {_LINK_COLUMNS} FROM links WHERE {" AND ".join(conditions)}
-                    ORDER BY id DESC LIMIT $2""",
-                *params,
-            )
+            if where.text is None:
+                rows = await conn.fetch(*listing.page(before, limit))
+            else:
+                rows = await _search(conn, listing, where.text, before, limit)
         return [_link(row) for row in rows]
 
     async def add_visits(self, clicks: Mapping[str, int], counts: Mapping[VisitKey, int]) -> None:
@@ -507,6 +502,81 @@ class PostgresStore:
                 "SELECT domain, reason, created_at FROM blocked_domains ORDER BY domain"
             )
         return [BlockedDomain(**dict(row.items())) for row in rows]
+
+
+class _Conditions:
+    """A WHERE clause and its parameters, numbered as they are added."""
+
+    def __init__(self, clauses: list[str], params: list[Any]) -> None:
+        self.clauses = clauses
+        self.params = params
+
+    def add(self, clause: str, value: Any) -> None:
+        self.params.append(value)
+        self.clauses.append(clause.format(f"${len(self.params)}"))
+
+    def but(self, clause: str, value: Any) -> _Conditions:
+        more = _Conditions(list(self.clauses), list(self.params))
+        more.add(clause, value)
+        return more
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.clauses)
+
+    def page(self, before: int, limit: int) -> tuple[Any, ...]:
+        """The newest `limit` rows older than `before`, read along the primary key."""
+        where = self.but("id < {}", before)
+        return (
+            f"""SELECT {_LINK_COLUMNS} FROM links WHERE {where.sql}
+                ORDER BY id DESC LIMIT {int(limit)}""",
+            *where.params,
+        )
+
+
+async def _search(
+    conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+    listing: _Conditions,
+    text: str,
+    before: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """A page of the links whose code, url or title holds `text`.
+
+    The planner cannot tell how many links LIKE '%text%' matches, and guesses wrong both
+    ways (a scan of every link for a rare text, a sort of every link for a common one). So
+    the newest links of the listing are read first, where a common text fills the page, and
+    the links older than those through the trigram index, which is quick for a rare text.
+    """
+    pattern = f"%{like_escape(text.lower())}%"
+    recent = listing.but("id < {}", before)
+    window = await conn.fetchrow(
+        f"""SELECT min(id) AS floor, count(*) AS seen FROM (SELECT id FROM links
+            WHERE {recent.sql} ORDER BY id DESC LIMIT {_SEARCH_WINDOW}) AS newest""",
+        *recent.params,
+    )
+    assert window is not None
+    if not window["seen"]:
+        return []
+    found = list(
+        await conn.fetch(
+            *listing.but("id >= {}", window["floor"])
+            .but(f"{_SEARCH_TEXT} LIKE {{}}", pattern)
+            .page(before, limit)
+        )
+    )
+    if len(found) == limit or window["seen"] < _SEARCH_WINDOW:
+        return found
+    older = listing.but("id < {}", window["floor"]).but(f"{_SEARCH_TEXT} LIKE {{}}", pattern)
+    # MATERIALIZED, with no order or limit inside: the matches come from the trigram index.
+    found += await conn.fetch(
+        f"""WITH hits AS MATERIALIZED (SELECT id FROM links WHERE {older.sql})
+            SELECT {_LINK_COLUMNS} FROM links
+            WHERE id IN (SELECT id FROM hits ORDER BY id DESC LIMIT {int(limit - len(found))})
+            ORDER BY id DESC""",
+        *older.params,
+    )
+    return found
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
