@@ -12,7 +12,7 @@ import re
 import shutil
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -114,6 +114,18 @@ def create_link(app: AppInstance, key: str, body: dict[str, str]) -> None:
         assert response.status == 201
 
 
+def console_problems(problems: list[str]) -> Callable[[ConsoleMessage], None]:
+    """A console listener that keeps errors and warnings, but not the 4xx answers that
+    Chromium logs for every refused request the page makes."""
+
+    def on_console(message: ConsoleMessage) -> None:
+        expected = message.text.startswith("Failed to load resource: the server responded")
+        if message.type in {"error", "warning"} and not expected:
+            problems.append(message.text)
+
+    return on_console
+
+
 def shorten(page: Page, url: str) -> None:
     page.get_by_label("Long URL").fill(url)
     page.get_by_role("button", name="Shorten", exact=True).click()
@@ -124,12 +136,8 @@ def test_a_person_shortens_copies_scans_follows_and_deletes(
 ) -> None:
     key = keys_create(app.env, "browser")
     problems: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        # Chromium logs every 4xx the page asks for; the test provokes a 401 and a 400.
-        expected = message.text.startswith("Failed to load resource: the server responded")
-        if message.type in {"error", "warning"} and not expected:
-            problems.append(message.text)
+    # Chromium logs every 4xx the page asks for; the test provokes a 401 and a 400.
+    on_console = console_problems(problems)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -341,6 +349,102 @@ def test_a_person_sees_the_visits_of_a_link(
 
             page.get_by_role("button", name="Close", exact=True).click()
             expect(stats).to_be_hidden()
+        finally:
+            browser.close()
+    assert problems == [], json.dumps(problems, indent=2)
+
+
+def link_json(app: AppInstance, key: str, code: str) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"{app.url}/api/v1/links/{code}", headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        result: dict[str, object] = json.load(response)
+    return result
+
+
+UPLOAD = (
+    "url,alias,title,tags\n"
+    'https://example.com/spring,spring,"Spring sale, 2030",shop|Sale\n'
+    "https://example.com/docs,,Getting started,docs\n"
+    "javascript:alert(1),,Bad one,\n"
+    "https://example.com/autumn,autumn,,shop\n"
+)
+
+
+def test_a_person_uploads_searches_filters_and_edits_links(
+    chromium: str, app: AppInstance, tmp_path: Path
+) -> None:
+    key = keys_create(app.env, "browser")
+    create_link(app, key, {"url": "https://example.org/older", "alias": "older"})
+    problems: list[str] = []
+    on_console = console_problems(problems)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1180, "height": 900})
+            page.on("console", on_console)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(app.url + "/")
+            page.get_by_role("textbox", name="API key").fill(key)
+            page.get_by_role("button", name="Save key").click()
+            rows = page.locator("#links-body tr:not(.edit-row)")
+            expect(rows).to_have_count(1)
+
+            # A title and tags on a single link, from the form's options.
+            page.get_by_label("Long URL").fill("https://example.net/launch")
+            page.get_by_text("More options").click()
+            page.get_by_role("textbox", name="Title optional").fill("Launch day")
+            page.get_by_role("textbox", name="Tags optional").fill("News, launch")
+            page.get_by_role("button", name="Shorten", exact=True).click()
+            expect(rows).to_have_count(2)
+            expect(rows.first).to_contain_text("Launch day")
+
+            # A file of links goes through the batch API; the bad row is named by its line.
+            page.get_by_label("File of links").set_input_files(
+                files=[{"name": "links.csv", "mimeType": "text/csv", "buffer": UPLOAD.encode()}]
+            )
+            page.get_by_role("button", name="Upload").click()
+            expect(page.locator("#upload-status")).to_have_text("3 links created, 1 refused.")
+            expect(page.locator("#upload-problems li")).to_have_text(
+                ["Line 4: The URL must be an absolute http or https URL."]
+            )
+            expect(rows).to_have_count(5)
+            assert link_json(app, key, "spring")["tags"] == ["shop", "sale"]
+
+            # Search over code, url and title; tag filter by typing or by a tag's button.
+            page.get_by_role("searchbox", name="Search").fill("SALE")
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(rows).to_have_count(1)
+            expect(rows.first).to_have_attribute("data-code", "spring")
+            page.get_by_role("button", name="Clear").click()
+            expect(rows).to_have_count(5)
+            page.locator('#links-body tr[data-code="autumn"]').get_by_role(
+                "button", name="Show links tagged shop"
+            ).click()
+            expect(page.get_by_role("textbox", name="Tags", exact=True)).to_have_value("shop")
+            expect(rows).to_have_count(2)
+            page.get_by_role("searchbox", name="Search").fill("nothing-like-this")
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(page.locator("#links-status")).to_have_text("No links match.")
+            page.get_by_role("button", name="Clear").click()
+            expect(rows).to_have_count(5)
+
+            # Editing a title and tags in place; a bad tag is explained next to the form.
+            row = page.locator('#links-body tr[data-code="older"]')
+            row.get_by_role("button", name="Edit title and tags of older").click()
+            page.get_by_label("Title of older", exact=True).fill("An older page")
+            page.get_by_label("Tags of older", exact=True).fill("bad tag")
+            page.get_by_role("button", name="Save").click()
+            expect(page.locator(".edit-row [role=alert]")).to_contain_text("The tags")
+            page.get_by_label("Tags of older", exact=True).fill("archive, Old")
+            page.get_by_role("button", name="Save").click()
+            expect(page.locator("#links-status")).to_have_text("older was saved.")
+            expect(row).to_contain_text("An older page")
+            saved = link_json(app, key, "older")
+            assert saved["title"] == "An older page" and saved["tags"] == ["archive", "old"]
+            page.screenshot(path=str(tmp_path / "many-links.png"), full_page=True)
         finally:
             browser.close()
     assert problems == [], json.dumps(problems, indent=2)

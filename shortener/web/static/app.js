@@ -10,7 +10,10 @@ const FIELD_LABELS = {
   alias: "The alias",
   expires_at: "The expiry",
   max_visits: "The visit limit",
+  title: "The title",
+  tags: "The tags",
 };
+const BATCH_SIZE = 1000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -181,7 +184,15 @@ function newLinkBody(form) {
   const visits = form.elements.max_visits.value.trim();
   // A non-number goes as typed, so the API's message explains what is wrong with it.
   if (visits) body.max_visits = /^-?\d+$/.test(visits) ? Number(visits) : visits;
+  const title = form.elements.title.value.trim();
+  if (title) body.title = title;
+  const tags = splitTags(form.elements.tags.value);
+  if (tags.length) body.tags = tags;
   return body;
+}
+
+function splitTags(text) {
+  return text.split(/[,|]/).map((tag) => tag.trim()).filter(Boolean);
 }
 
 function showProblem(form, error) {
@@ -371,9 +382,26 @@ function linkRow(link) {
   shortLink.textContent = link.code;
   shortLink.title = link.short_url;
 
-  const target = document.createElement("span");
-  target.textContent = link.url;
-  target.title = link.url;
+  const target = document.createElement("div");
+  if (link.title) {
+    const title = document.createElement("span");
+    title.className = "link-title";
+    title.textContent = link.title;
+    target.append(title);
+  }
+  const url = document.createElement("span");
+  url.className = "link-url";
+  url.textContent = link.url;
+  url.title = link.url;
+  target.append(url);
+  if (link.tags.length) {
+    const tags = document.createElement("span");
+    tags.className = "tags";
+    for (const tag of link.tags) {
+      tags.append(button(tag, `Show links tagged ${tag}`, "tag", () => filterByTag(tag)));
+    }
+    target.append(tags);
+  }
 
   const clicks = link.max_visits === null
     ? link.clicks.toLocaleString()
@@ -392,6 +420,7 @@ function linkRow(link) {
     // The stats view lives in stats.js; it gets the link and the key with the event.
     button("Stats", `Stats of ${link.code}`, "", () => document.dispatchEvent(
       new CustomEvent("shortener:stats", { detail: { code: link.code, key: sessionKey } }))),
+    button("Edit", `Edit title and tags of ${link.code}`, "", () => editLink(row, link)),
     button("Delete", `Delete ${link.code}`, "danger", () => deleteLink(row, link)),
   );
 
@@ -409,10 +438,221 @@ function setLinksStatus(text) {
   $("links-status").textContent = text;
 }
 
+function filtering() {
+  return Boolean($("search").value.trim() || $("tag-filter").value.trim());
+}
+
 function showEmptyState() {
   const empty = !$("links-body").children.length;
   $("links-table").hidden = empty;
-  if (empty && !$("links-status").textContent) setLinksStatus("No links yet. Shorten one above.");
+  if (empty && !$("links-status").textContent) {
+    setLinksStatus(filtering() ? "No links match." : "No links yet. Shorten one above.");
+  }
+}
+
+function filterByTag(tag) {
+  $("tag-filter").value = tag;
+  loadLinks(true);
+}
+
+function search(event) {
+  event.preventDefault();
+  loadLinks(true);
+}
+
+function clearSearch() {
+  $("search").value = "";
+  $("tag-filter").value = "";
+  loadLinks(true);
+  $("search").focus();
+}
+
+// ---- Editing a link's title and tags, in a row of its own under the link ----
+
+function editLink(row, link) {
+  if (row.nextElementSibling && row.nextElementSibling.classList.contains("edit-row")) {
+    row.nextElementSibling.querySelector("input").focus();
+    return;
+  }
+  const editor = document.createElement("tr");
+  editor.className = "edit-row";
+  const form = document.createElement("form");
+  form.className = "edit-form";
+  form.noValidate = true;
+  const field = (name, label, value) => {
+    const id = `edit-${name}-${link.code}`;
+    const wrap = document.createElement("div");
+    wrap.className = "field";
+    const labelNode = document.createElement("label");
+    labelNode.htmlFor = id;
+    labelNode.textContent = label;
+    const input = document.createElement("input");
+    input.id = id;
+    input.name = name;
+    input.type = "text";
+    input.autocomplete = "off";
+    input.value = value;
+    wrap.append(labelNode, input);
+    return wrap;
+  };
+  const problem = document.createElement("p");
+  problem.className = "field-error";
+  problem.setAttribute("role", "alert");
+  problem.hidden = true;
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "button small";
+  save.textContent = "Save";
+  form.append(
+    field("title", `Title of ${link.code}`, link.title || ""),
+    field("tags", `Tags of ${link.code}`, link.tags.join(", ")),
+    save,
+    button("Cancel", `Stop editing ${link.code}`, "", () => {
+      editor.remove();
+      row.querySelector(".actions button").focus();
+    }),
+    problem,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const title = form.elements.title.value.trim();
+    try {
+      const changed = await call("PATCH", `${LINKS}/${encodeURIComponent(link.code)}`, {
+        body: { title: title || null, tags: splitTags(form.elements.tags.value) },
+      });
+      const fresh = linkRow(changed);
+      row.replaceWith(fresh);
+      editor.remove();
+      setLinksStatus(`${changed.code} was saved.`);
+      fresh.querySelector(".actions button").focus();
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      const errors = error.problem.errors || [];
+      problem.textContent = errors.length
+        ? errors.map((e) => sentence(e.field, e.message)).join(" ")
+        : plainWords(error);
+      problem.hidden = false;
+    }
+  });
+  const td = document.createElement("td");
+  td.colSpan = 5;
+  td.append(form);
+  editor.append(td);
+  row.after(editor);
+  form.elements.title.focus();
+}
+
+// ---- Adding many links from a file, through the batch API ----
+
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let cellText = "";
+  let quoted = false;
+  for (let i = 0; i < text.length; i += 1) {
+    const char = text[i];
+    if (quoted) {
+      if (char === '"' && text[i + 1] === '"') {
+        cellText += '"';
+        i += 1;
+      } else if (char === '"') {
+        quoted = false;
+      } else {
+        cellText += char;
+      }
+    } else if (char === '"') {
+      quoted = true;
+    } else if (char === ",") {
+      row.push(cellText);
+      cellText = "";
+    } else if (char === "\n" || char === "\r") {
+      if (char === "\r" && text[i + 1] === "\n") i += 1;
+      row.push(cellText);
+      rows.push(row);
+      row = [];
+      cellText = "";
+    } else {
+      cellText += char;
+    }
+  }
+  if (cellText || row.length) {
+    row.push(cellText);
+    rows.push(row);
+  }
+  return rows;
+}
+
+// Each link body with the line it came from (lines counted from 1, the header included).
+function linksOfFile(text) {
+  const lines = parseCsv(text.replace(/^\uFEFF/, ""));
+  const header = (lines[0] || []).map((name) => name.trim().toLowerCase());
+  if (!header.includes("url")) {
+    return lines
+      .map((cells, index) => ({ line: index + 1, url: cells.join(",").trim() }))
+      .filter((item) => item.url)
+      .map(({ line, url }) => ({ line, body: { url } }));
+  }
+  const found = [];
+  lines.slice(1).forEach((cells, index) => {
+    if (!cells.some((cellValue) => cellValue.trim())) return;
+    const value = (name) => (cells[header.indexOf(name)] || "").trim();
+    const body = { url: value("url") };
+    if (value("alias")) body.alias = value("alias");
+    if (value("title")) body.title = value("title");
+    const tags = splitTags(value("tags"));
+    if (tags.length) body.tags = tags;
+    found.push({ line: index + 2, body });
+  });
+  return found;
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const file = $("upload-file").files[0];
+  const problems = $("upload-problems");
+  problems.replaceChildren();
+  if (!file) {
+    $("upload-status").textContent = "Choose a file first.";
+    $("upload-file").focus();
+    return;
+  }
+  const items = linksOfFile(await file.text());
+  if (!items.length) {
+    $("upload-status").textContent = "The file holds no links.";
+    return;
+  }
+  $("upload").disabled = true;
+  let created = 0;
+  const refused = [];
+  try {
+    for (let start = 0; start < items.length; start += BATCH_SIZE) {
+      const chunk = items.slice(start, start + BATCH_SIZE);
+      $("upload-status").textContent = `Sending links ${start + 1} to ${start + chunk.length} of ${items.length}…`;
+      const reply = await call("POST", `${LINKS}/batch`, { body: { links: chunk.map((item) => item.body) } });
+      reply.results.forEach((result, index) => {
+        if (result.status === 201) created += 1;
+        else refused.push({ line: chunk[index].line, problem: result.problem });
+      });
+    }
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    $("upload-status").textContent = `The upload stopped: ${plainWords(error)}`;
+    return;
+  } finally {
+    $("upload").disabled = false;
+  }
+  $("upload-status").textContent =
+    `${created} ${created === 1 ? "link" : "links"} created, ${refused.length} refused.`;
+  for (const { line, problem } of refused) {
+    const item = document.createElement("li");
+    const errors = problem.errors || [];
+    const reason = errors.length
+      ? errors.map((e) => sentence(e.field, e.message)).join(" ")
+      : problem.detail;
+    item.textContent = `Line ${line}: ${reason}`;
+    problems.append(item);
+  }
+  if (created) loadLinks(true);
 }
 
 async function loadLinks(reset) {
@@ -421,11 +661,16 @@ async function loadLinks(reset) {
     $("links-table").hidden = true;
     $("more").hidden = true;
     $("refresh").hidden = true;
+    $("search-form").hidden = true;
     setLinksStatus("Save your API key to see and manage your links.");
     return;
   }
   $("refresh").hidden = false;
+  $("search-form").hidden = false;
   const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  const search = $("search").value.trim();
+  if (search) query.set("q", search);
+  for (const tag of splitTags($("tag-filter").value)) query.append("tag", tag);
   if (!reset && nextCursor) query.set("cursor", nextCursor);
   setLinksStatus("Loading…");
   try {
@@ -547,6 +792,9 @@ $("copy").addEventListener("click", copyShortUrl);
 $("qr-png").addEventListener("click", downloadPng);
 $("refresh").addEventListener("click", () => loadLinks(true));
 $("more").addEventListener("click", () => loadLinks(false));
+$("search-form").addEventListener("submit", search);
+$("search-clear").addEventListener("click", clearSearch);
+$("upload-form").addEventListener("submit", upload);
 for (const input of $("shorten-form").querySelectorAll("input")) {
   input.addEventListener("input", () => clearFieldError(input));
 }
