@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,15 +30,37 @@ def test_l1_is_bounded_lru() -> None:
     assert l1.get("a") is None and l1.get("d") == TARGET
 
 
-def test_negative_entries_expire_sooner(monkeypatch: object) -> None:
-    l1 = L1Cache(size=10, ttl=0.4, negative_ttl=0.1)
+def test_negative_entries_expire_sooner() -> None:
+    now = [0.0]
+    l1 = L1Cache(size=10, ttl=0.4, negative_ttl=0.1, timer=lambda: now[0])
     l1.put("known", TARGET, l1.epoch)
     l1.put("unknown", MISSING, l1.epoch)
     assert l1.get("unknown") is MISSING
-    time.sleep(0.15)
+    now[0] = 0.1
     assert l1.get("unknown") is None and l1.get("known") == TARGET
-    time.sleep(0.3)
+    now[0] = 0.4
     assert l1.get("known") is None
+
+
+def test_entries_loaded_together_expire_spread_over_the_last_fifth_of_the_ttl() -> None:
+    now = [0.0]
+    l1 = L1Cache(
+        size=2000, ttl=30, negative_ttl=5, timer=lambda: now[0], rng=random.Random(7).random
+    )
+    codes = [f"code{n}" for n in range(1000)]
+    for code in codes:
+        l1.put(code, TARGET, l1.epoch)
+
+    def alive_at(moment: float) -> int:
+        now[0] = moment
+        return sum(l1.get(code) is not None for code in codes)
+
+    # None before 80% of the TTL, about half by 90%, all of them by the TTL itself: the
+    # reloads of codes stored in one instant spread over six seconds instead of one.
+    assert alive_at(23.99) == 1000
+    assert 400 < alive_at(27.0) < 600
+    assert 0 < alive_at(29.9) < 50
+    assert alive_at(30.0) == 0
 
 
 def test_a_lookup_older_than_an_invalidation_is_not_stored() -> None:
