@@ -374,3 +374,30 @@ async def test_keyless_batch_from_another_site_is_403_and_text_bodies_are_415(
     assert own.status == 200
     text = await public.post(BATCH, data=orjson.dumps(body), headers={"Content-Type": "text/plain"})
     assert text.status == 415
+
+
+async def test_migration_0003_applies_after_a_later_one_landed_first(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shortener import store as store_package
+    from shortener.store import make_store
+    from shortener.store import sqlite as sqlite_store
+
+    every = store_package.migration_scripts
+
+    def without_3(dialect: str) -> list[tuple[int, str]]:
+        return [step for step in every(dialect) if step[0] != 3]
+
+    store = make_store(settings)
+    await store.open()
+    try:
+        for module in (postgres, sqlite_store):
+            monkeypatch.setattr(module, "migration_scripts", without_3)
+        first = await store.migrate()
+        assert 3 not in first and max(first) > 3
+        for module in (postgres, sqlite_store):
+            monkeypatch.setattr(module, "migration_scripts", every)
+        assert await store.migrate() == [3]
+        assert await store.migrate() == []
+    finally:
+        await store.close()
