@@ -82,12 +82,12 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(
         [
             # The hot path first: the dispatcher tries routes in order.
-            # HEAD where the OpenAPI document lists it, the short links, and nowhere else.
+            # HEAD where the OpenAPI document lists it: short links and the health checks.
             web.get("/{code}", redirects.follow),
             web.get("/", page.index, allow_head=False),
             web.get("/static/{name}", page.static, allow_head=False),
-            web.get("/healthz", ops.healthz, allow_head=False),
-            web.get("/readyz", ops.readyz, allow_head=False),
+            web.get("/healthz", ops.healthz),
+            web.get("/readyz", ops.readyz),
             web.get("/metrics", ops.metrics, allow_head=False),
             web.get("/api/v1/openapi.json", ops.openapi, allow_head=False),
             web.post("/api/v1/links", api.create),
