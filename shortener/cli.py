@@ -102,26 +102,24 @@ def _workers(raw: str) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from shortener.web import server
+
+    server.raise_open_files_limit()
     workers = args.workers or settings.workers
     _prepare_metrics_dir(workers)
     # Migrate once, before any worker starts; several instances starting at once are safe.
     asyncio.run(_migrate_store(settings))
     if workers > 1:
         _exec_gunicorn(args.host, args.port, workers)
-    import uvloop
-    from aiohttp import web
-
     from shortener.app import create_app
 
-    web.run_app(
+    server.run(
         create_app(settings),
         host=args.host,
         port=args.port,
-        keepalive_timeout=settings.keepalive_timeout,
         backlog=settings.backlog,
-        access_log=None,
-        loop=uvloop.new_event_loop(),
-        print=lambda _: log.info("serving on http://%s:%d", args.host, args.port),
+        keepalive_timeout=settings.keepalive_timeout,
+        on_ready=lambda: log.info("serving on http://%s:%d", args.host, args.port),
     )
     return 0
 

@@ -12,6 +12,7 @@ from aiohttp.worker import GunicornUVLoopWebWorker
 from gunicorn.glogging import Logger
 
 from shortener.logs import configure_logging
+from shortener.web import server
 
 
 class Worker(GunicornUVLoopWebWorker):
@@ -27,7 +28,7 @@ class Worker(GunicornUVLoopWebWorker):
         # gunicorn's app here is shortener.app:serve_from_env, an async factory, not WSGI.
         factory = cast(Callable[[], Awaitable[web.Application]], self.wsgi)
         app = await factory()
-        runner = web.AppRunner(
+        runner = server.AppRunner(
             app,
             keepalive_timeout=self.cfg.keepalive,
             access_log=None,
