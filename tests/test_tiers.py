@@ -760,11 +760,12 @@ def test_postgres_hung_under_traffic_uncached_answers_503_at_once(
     assert [a for a in during if a[0] == "cached" and a[3] != 302] == []
     assert refused and {(a[3], a[4]) for a in refused} == {(503, "1")}
     # The first calls of each worker wait for their timeout; none waits longer than the
-    # 1 s contract (and a little for the client), and once the breakers are open (a second
-    # and a half in) none waits at all.
+    # 1 s contract (and a little for the client), and each worker's breaker opens after
+    # three: from then on it refuses at once.
     assert max(a[2] for a in refused) < 1.2
     assert len(settled) >= 50
-    assert settled[int(len(settled) * 0.99)] < 0.1, settled[-10:]
+    workers = sum(len(instance.worker_pids()) for instance in instances)
+    assert sum(taken >= 0.1 for taken in settled) <= 3 * workers, settled[-10:]
     # After the store answers again (the probes close the breakers), everything works.
     late = [a for a in load.answers if a[1] >= resumed_at + 1.5]
     assert late and {(a[0], a[3]) for a in late} == {

@@ -26,7 +26,8 @@ import asyncpg
 import psutil
 import pytest
 
-from tests.services import PROJECT_ROOT
+from devservices.processes import hung
+from tests.services import PROJECT_ROOT, PostgresServer, RedisServer
 from tests.topology import Topology
 
 pytestmark = pytest.mark.slow
@@ -391,3 +392,68 @@ async def test_a_killed_worker_is_respawned_and_no_redirect_fails(
     for failure in create_failures:
         assert failure.status == 502, failure
     _assert_nothing_acknowledged_lost_or_doubled(missing, _clicks(load, clicks))
+
+
+async def test_hung_redis_then_hung_postgres_cost_no_redirect(
+    postgres_url: str,
+    redis_url: str,
+    redis_server: RedisServer,
+    postgres_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    """Partitions, not crashes: Redis, then every PostgreSQL process, SIGSTOPped for 4 s
+    each under the load, through nginx and two instances of two workers. No redirect fails;
+    creates go on while Redis hangs and get 503 at once while the store does (after the
+    first calls of each worker, which wait for their timeout, open its breaker)."""
+    outage = 4.0
+    with Topology.start(
+        tmp_path / "topology", database_url=postgres_url, redis_url=redis_url, instances=2
+    ) as topology:
+        workers = sum(len(instance.worker_pids()) for instance in topology.instances)
+        load = Load(topology, await _seed(topology))
+        async with asyncio.timeout(TEST_TIME_LIMIT):
+            running = asyncio.create_task(load.run())
+            await asyncio.sleep(WARM_UP)
+            with hung(redis_server.pid):
+                redis_hung = load.now()
+                await asyncio.sleep(outage)
+            redis_back = load.now()
+            await asyncio.sleep(2.0)
+            with hung(postgres_server.pid):
+                store_hung = load.now()
+                await asyncio.sleep(outage)
+            store_back = load.now()
+            await asyncio.sleep(2.0)
+            load.stop()
+            await running
+
+    creates = [o for o in load.outcomes.values() if o.kind == "create"]
+    during_redis = [o for o in creates if redis_hung <= o.started and o.ended <= redis_back]
+    during_store = [o for o in creates if store_hung <= o.started and o.ended <= store_back]
+    # The calls in flight in the first second wait for their timeout (1 s at most); each
+    # worker's breaker opens after three such failures, and from then on it refuses at once.
+    # A worker whose first store calls came later may still spend three on timeouts.
+    slow = [o for o in during_store if o.ended - o.started >= 0.1]
+    slow_late = [o for o in slow if o.started >= store_hung + 1.5]
+    late = [o for o in creates if o.started >= store_back + 1.5]
+    figures: dict[str, Any] = {
+        **load.summary(),
+        "creates_during_redis_hang": len(during_redis),
+        "creates_during_store_hang": len(during_store),
+        "store_hang_503_max_ms": round(max(o.ended - o.started for o in during_store) * 1000),
+        "store_hang_503_over_100_ms": len(slow),
+        "of_those_sent_after_1_5_s": len(slow_late),
+        "load_s": round(load.duration, 1),
+    }
+    _report("hung_redis_then_store", figures)
+
+    assert load.failures("redirect") == [], "every redirect must succeed through both outages"
+    assert during_redis and {o.status for o in during_redis} == {201}
+    assert during_store and {o.status for o in during_store} == {503}
+    assert max(o.ended - o.started for o in during_store) < 1.2
+    assert len(slow_late) <= 3 * workers, slow_late
+    assert len(during_store) - len(slow) >= 20, "too few creates were refused at once"
+    assert late and {o.status for o in late} == {201}
+    # Nothing but the store's outage failed a create.
+    failed = [o for o in creates if not o.ok]
+    assert all(store_hung <= o.started <= store_back + 1.5 for o in failed), failed
