@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, 
     redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version, title, tags"""
 # A search reads this many of the newest links of a listing before it turns to the index.
 _SEARCH_WINDOW = 5000
+# pg_trgm looks up a LIKE pattern by the trigrams of its words of three or more characters.
+_TRIGRAM_WORD = re.compile(r"[^\W_]{3,}")
 # The expression links_search_trgm indexes (migration 0003): the same text, or no index.
 _SEARCH_TEXT = "(lower(code || E'\\n' || url) || E'\\n' || coalesce(title_folded, ''))"
 
@@ -550,24 +553,26 @@ async def _search(
     """
     pattern = f"%{like_escape(text.lower())}%"
     recent = listing.but("id < {}", before)
-    window = await conn.fetchrow(
-        f"""SELECT min(id) AS floor, count(*) AS seen FROM (SELECT id FROM links
-            WHERE {recent.sql} ORDER BY id DESC LIMIT {_SEARCH_WINDOW}) AS newest""",
+    # The match is computed in the select list, where no index can be chosen for it.
+    newest = await conn.fetch(
+        f"""SELECT id, {_SEARCH_TEXT} LIKE ${len(recent.params) + 1} AS hit FROM links
+            WHERE {recent.sql} ORDER BY id DESC LIMIT {_SEARCH_WINDOW}""",
         *recent.params,
+        pattern,
     )
-    assert window is not None
-    if not window["seen"]:
-        return []
-    found = list(
-        await conn.fetch(
-            *listing.but("id >= {}", window["floor"])
-            .but(f"{_SEARCH_TEXT} LIKE {{}}", pattern)
-            .page(before, limit)
+    hits = [row["id"] for row in newest if row["hit"]][:limit]
+    found: list[asyncpg.Record] = []
+    if hits:
+        found += await conn.fetch(
+            f"SELECT {_LINK_COLUMNS} FROM links WHERE id = ANY($1::bigint[]) ORDER BY id DESC",
+            hits,
         )
-    )
-    if len(found) == limit or window["seen"] < _SEARCH_WINDOW:
+    if len(found) == limit or len(newest) < _SEARCH_WINDOW:
         return found
-    older = listing.but("id < {}", window["floor"]).but(f"{_SEARCH_TEXT} LIKE {{}}", pattern)
+    older = listing.but("id < {}", newest[-1]["id"]).but(f"{_SEARCH_TEXT} LIKE {{}}", pattern)
+    if not _TRIGRAM_WORD.search(text):
+        # No word of three letters or digits: the index holds nothing to look up.
+        return found + await conn.fetch(*older.page(2**63 - 1, limit - len(found)))
     # MATERIALIZED, with no order or limit inside: the matches come from the trigram index.
     found += await conn.fetch(
         f"""WITH hits AS MATERIALIZED (SELECT id FROM links WHERE {older.sql})
