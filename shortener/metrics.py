@@ -207,5 +207,5 @@ class LatencyBatch:
                     bucket.inc(count)
 
 
-# Every worker's request latencies, recorded by the edge middleware, published by the sync.
+# Every worker's request latencies, recorded at the edge, published by the sync.
 REQUEST_LATENCIES = LatencyBatch(REQUEST_DURATION)

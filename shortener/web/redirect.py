@@ -1,4 +1,9 @@
-"""The hot path: a short code in, a redirect out, answered from memory whenever possible."""
+"""The hot path: a short code in, a redirect out, answered from memory whenever possible.
+
+A plain link in L1 is answered inline, with the edge's work (request id, latency) done right
+here; everything else (L2, the store, limited and expired links, unknown codes, errors) takes
+the general path through the edge (shortener.web.edge).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ from shortener.cache.tiered import TieredCache
 from shortener.config import Settings
 from shortener.errors import gone, not_found, rate_limited
 from shortener.links.codes import CODE_SHAPE
-from shortener.links.model import MISSING
+from shortener.links.model import MISSING, Lookup
 from shortener.store import Store
 from shortener.visits.recorder import VisitRecorder
+from shortener.web.edge import STATUS_CLASSES, Edge
 from shortener.web.problems import render
 from shortener.web.ratelimit import PenaltyBox, RateLimiter, client_key
 
+ROUTE = "/{code}"
 # Browsers may keep a plain redirect this long; limited links must reach us on every visit.
 CACHE_CONTROL = "private, max-age=90"
 NO_STORE = "no-store"
@@ -31,24 +38,57 @@ class Redirects:
         visits: VisitRecorder,
         limiter: RateLimiter,
         settings: Settings,
+        edge: Edge,
     ) -> None:
         self._l1 = l1
         self._tiered = tiered
         self._store = store
         self._visits = visits
         self._limiter = limiter
+        self._edge = edge
         self._penalty = PenaltyBox()
         self._trusted = settings.trusted_proxies
         self._not_found_per_minute = settings.not_found_per_minute
+        # The latency labels of a plain redirect, made once: (route, method, status class).
+        self._redirected = {m: (ROUTE, m, STATUS_CLASSES[3]) for m in ("GET", "HEAD")}
 
-    async def follow(self, request: web.Request) -> web.Response:
+    async def follow(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        edge = self._edge
+        request_id = edge.request_id(request)
+        code = request.match_info["code"]
+        # The fast path: a plain, unexpired link in L1, while nobody sits in the penalty box.
+        target = None if self._penalty else self._l1.get(code)
+        if (
+            target is not None
+            and target is not MISSING
+            and target.max_visits is None
+            and target.expires_at is None
+            and not target.gone
+        ):
+            method = request.method
+            if method == "GET":
+                self._visits.record(code, request, clicked=False)
+            response = web.Response(
+                status=target.status,
+                headers={
+                    "Location": target.url,
+                    "Cache-Control": CACHE_CONTROL,
+                    "X-Request-ID": request_id,
+                },
+            )
+            if edge.observe:
+                edge.latencies.record(self._redirected[method], time.perf_counter() - started)
+            return response
+        pending = self._answer(request, code, target)
+        return await edge.answer(request, pending, ROUTE, request_id, started)
+
+    async def _answer(self, request: web.Request, code: str, target: Lookup | None) -> web.Response:
         if self._penalty:  # somebody is refused for walking unknown codes: is it this client?
             wait = self._penalty.wait(self._scanner_key(request))
             if wait is not None:
                 return render(request, rate_limited(wait))
-
-        code = request.match_info["code"]
-        target = self._l1.get(code)  # only well-formed codes ever enter L1
+            target = self._l1.get(code)
         if target is None:
             if CODE_SHAPE.fullmatch(code) is None:
                 return await self._not_found(request)
