@@ -30,6 +30,15 @@ def test_l1_is_bounded_lru() -> None:
     assert l1.get("a") is None and l1.get("d") == TARGET
 
 
+def test_l1_keeps_what_was_read_lately() -> None:
+    l1 = L1Cache(size=3, ttl=60, negative_ttl=5)
+    for code in "abc":
+        l1.put(code, TARGET, l1.epoch)
+    assert l1.get("a") == TARGET
+    l1.put("d", TARGET, l1.epoch)
+    assert l1.get("b") is None and l1.get("a") == TARGET and l1.get("d") == TARGET
+
+
 def test_negative_entries_expire_sooner() -> None:
     now = [0.0]
     l1 = L1Cache(size=10, ttl=0.4, negative_ttl=0.1, timer=lambda: now[0])

@@ -40,11 +40,10 @@ class Edge:
         self._numbers = itertools.count(1)
 
     def request_id(self, request: web.Request) -> str:
-        """The caller's X-Request-ID when it is a sane one, else a new id; logs carry it."""
+        """The caller's X-Request-ID when it is a sane one, else a new id."""
         request_id = request.headers.get("X-Request-ID")
         if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
             request_id = f"{self._prefix}{next(self._numbers):08x}"
-        REQUEST_ID.set(request_id)
         return request_id
 
     def finish(
@@ -55,6 +54,8 @@ class Edge:
         route: str,
         started: float,
     ) -> web.StreamResponse:
+        """Security headers unless it is a redirect, the request id, the latency (`started`
+        is the request's time.monotonic())."""
         status = response.status
         # A redirect has no body to protect, and it is the hot path: it goes out bare.
         if not 300 <= status < 400:
@@ -62,7 +63,7 @@ class Edge:
         response.headers["X-Request-ID"] = request_id
         if self.observe:
             labels = (route, request.method, STATUS_CLASSES.get(status // 100, "other"))
-            self.latencies.record(labels, time.perf_counter() - started)
+            self.latencies.record(labels, time.monotonic() - started)
         return response
 
     async def answer(
@@ -74,6 +75,7 @@ class Edge:
         started: float,
     ) -> web.StreamResponse:
         """The handler's response, or the problem it raised, finished at the edge."""
+        REQUEST_ID.set(request_id)  # for the log lines written while answering
         try:
             response = await pending
         except Exception as exc:
@@ -82,7 +84,7 @@ class Edge:
 
     def wrap(self, route: str, handler: Handler) -> Handler:
         async def at_edge(request: web.Request) -> web.StreamResponse:
-            started = time.perf_counter()
+            started = time.monotonic()
             request_id = self.request_id(request)
             return await self.answer(request, handler(request), route, request_id, started)
 

@@ -100,15 +100,16 @@ class PenaltyBox:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._until: TTLCache[str, float] = TTLCache(maxsize=max_entries, ttl=_WINDOW_MS / 1000)
-        self._last_release = 0.0
+        # When the last address in the box is let out (time.monotonic()).
+        self.release = 0.0
 
     def __bool__(self) -> bool:
-        return self._last_release > time.monotonic()
+        return self.release > time.monotonic()
 
     def put(self, address: str, seconds: int) -> None:
         until = time.monotonic() + seconds
         self._until[address] = until
-        self._last_release = max(self._last_release, until)
+        self.release = max(self.release, until)
 
     def wait(self, address: str) -> int | None:
         until = self._until.get(address)

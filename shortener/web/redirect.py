@@ -53,12 +53,12 @@ class Redirects:
         self._redirected = {m: (ROUTE, m, STATUS_CLASSES[3]) for m in ("GET", "HEAD")}
 
     async def follow(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+        started = time.monotonic()
         edge = self._edge
         request_id = edge.request_id(request)
         code = request.match_info["code"]
         # The fast path: a plain, unexpired link in L1, while nobody sits in the penalty box.
-        target = None if self._penalty else self._l1.get(code)
+        target = None if self._penalty.release > started else self._l1.get(code)
         if (
             target is not None
             and target is not MISSING
@@ -78,7 +78,7 @@ class Redirects:
                 },
             )
             if edge.observe:
-                edge.latencies.record(self._redirected[method], time.perf_counter() - started)
+                edge.latencies.record(self._redirected[method], time.monotonic() - started)
             return response
         pending = self._answer(request, code, target)
         return await edge.answer(request, pending, ROUTE, request_id, started)
