@@ -567,3 +567,28 @@ async def test_with_analytics_off_clicks_still_count_and_nothing_else_is_kept(
     assert (await app.get(f"{LINKS}/{code}", headers=headers)).json()["clicks"] == len(MIX)
     stats = (await app.get(stats_path(code), headers=headers)).json()
     assert (stats["visits"], stats["bots"], stats["referrers"]) == (0, 0, [])
+
+
+async def test_visits_after_the_turn_of_the_hour_count_in_the_new_hour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shortener.visits.recorder as recorder_module
+
+    loop = asyncio.get_running_loop()
+    started, turn = loop.time(), 500_000 * 3600  # 50 ms before an hour begins
+    monkeypatch.setattr(recorder_module.time, "time", lambda: turn - 0.05 + (loop.time() - started))
+    recorder = VisitRecorder(_NoStore(), Classifier(None, ()), 1.0, 100, 100, 400)
+    recorder._next_hour()
+    recorder.record("before", _FakeRequest(FIREFOX_LINUX), clicked=False)
+    await asyncio.sleep(0.2)
+    recorder.record("after", _FakeRequest(FIREFOX_LINUX), clicked=False)
+    await recorder.aggregate()
+    hours = {code: hour for code, hour, dimension, _ in recorder._counts if dimension == "total"}
+    assert hours == {"before": 499_999, "after": 500_000}
+    assert recorder._hour_timer is not None
+    recorder._hour_timer.cancel()
+
+
+class _NoStore:
+    async def add_visits(self, clicks: Any, counts: Any) -> None:
+        raise AssertionError("nothing is written here")

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from shortener.errors import StoreUnavailable
 from shortener.store import Store, VisitKey
@@ -24,10 +24,10 @@ from shortener.visits.classify import Classifier, referrer_host
 log = logging.getLogger(__name__)
 _K = TypeVar("_K")
 
-# (code, UTC hour since the epoch, User-Agent, Referer, peer and X-Forwarded-For (only when
+# (code, UTC hours since the epoch, User-Agent, Referer, peer and X-Forwarded-For (only when
 # countries are looked up), click already counted by the store): equal visits are equal
 # tuples, so a batch is grouped in C before anything is classified.
-RawVisit = tuple[str, float, str | None, str | None, str | None, str | None, bool]
+RawVisit = tuple[str, int, str | None, str | None, str | None, str | None, bool]
 
 # Raw visits a worker holds between two classifications (a second apart): far above what
 # one worker answers in a second, and a few dozen MB at most.
@@ -62,6 +62,10 @@ class VisitRecorder:
         self._pending_visits = 0
         self._pending_clicks = 0
         self._purged_at = -_PURGE_EVERY
+        # The current UTC hour, moved on by a timer at each turn of the hour (see run()), so
+        # the redirect reads an attribute instead of the clock.
+        self._hour = _current_hour()
+        self._hour_timer: asyncio.TimerHandle | None = None
         # Plain counters, published as metrics once a second.
         self.visits = 0
         self.bots = 0
@@ -83,11 +87,11 @@ class VisitRecorder:
         raw.append(
             (
                 code,
-                time.time() // 3600,
-                headers.get("User-Agent"),
-                headers.get("Referer"),
+                self._hour,
+                headers.get(hdrs.USER_AGENT),
+                headers.get(hdrs.REFERER),
                 request.remote if self._locates else None,
-                headers.get("X-Forwarded-For") if self._forwarded else None,
+                headers.get(hdrs.X_FORWARDED_FOR) if self._forwarded else None,
                 clicked,
             )
         )
@@ -125,8 +129,7 @@ class VisitRecorder:
                 self._count(visit, times)
 
     def _count(self, visit: RawVisit, times: int) -> None:
-        code, hours, user_agent, referer, peer, forwarded_for, clicked = visit
-        hour = int(hours)
+        code, hour, user_agent, referer, peer, forwarded_for, clicked = visit
         agent = self._classifier.agent(user_agent)
         if agent.bot:
             keys: tuple[VisitKey, ...] = ((code, hour, "total", "bots"),)
@@ -201,7 +204,7 @@ class VisitRecorder:
         if now - self._purged_at < _PURGE_EVERY:
             return
         self._purged_at = now
-        before = int(time.time() // 3600) - self._retention_hours
+        before = _current_hour() - self._retention_hours
         deleted = await self._store.purge_visits(before)
         if deleted:
             log.info("visit counts older than the retention deleted: %d rows", deleted)
@@ -215,13 +218,29 @@ class VisitRecorder:
         self._classifier.close()
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.drain()
-                await self.purge()
-            except StoreUnavailable as exc:
-                log.warning("visits kept in memory, store unavailable: %s", exc)
+        self._next_hour()
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                try:
+                    await self.drain()
+                    await self.purge()
+                except StoreUnavailable as exc:
+                    log.warning("visits kept in memory, store unavailable: %s", exc)
+        finally:
+            if self._hour_timer is not None:
+                self._hour_timer.cancel()
+
+    def _next_hour(self) -> None:
+        """Takes the hour from the clock and sets a timer for the next turn of the hour."""
+        now = time.time()
+        self._hour = int(now // 3600)
+        loop = asyncio.get_running_loop()
+        self._hour_timer = loop.call_later(3600 - now % 3600, self._next_hour)
+
+
+def _current_hour() -> int:
+    return int(time.time() // 3600)
 
 
 def _merge(into: dict[_K, int], counts: Mapping[_K, int]) -> None:
