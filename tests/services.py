@@ -9,6 +9,7 @@ and started again on the same port by chaos tests; the function-scoped ``postgre
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ __all__ = [
     "ServiceError",
     "close_all",
     "free_port",
+    "fresh_database",
     "installed",
     "keys_create",
     "log_tail",
@@ -91,14 +93,21 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     """URL of a fresh, empty database, dropped after the test."""
-    postgres_server.start()
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_database(server: PostgresServer) -> Iterator[str]:
+    """A new database on ``server``, dropped at the end even if the server was left down."""
+    server.start()
     name = f"test_{uuid.uuid4().hex[:16]}"
-    postgres_server.create_database(name)
+    server.create_database(name)
     try:
-        yield postgres_server.url(name)
+        yield server.url(name)
     finally:
-        postgres_server.start()
-        postgres_server.drop_database(name)
+        server.start()
+        server.drop_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -59,9 +59,13 @@ def test_homograph_host_is_kept_in_punycode() -> None:
     assert stored == "https://xn--80ak6aa92e.com/"
 
 
-def test_generated_codes_never_hit_reserved_words() -> None:
-    assert not codes.is_reserved(codes.generate())
+def test_a_generated_reserved_word_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CSPRNG spells "HealthZ" first (a reserved path in any case), then "abc1234".
+    letters = iter("HealthZ" + "abc1234")
+    monkeypatch.setattr(codes.secrets, "choice", lambda alphabet: next(letters))
     assert codes.is_reserved("HealthZ")
+    assert codes.generate() == "abc1234"
+    assert next(letters, None) is None
 
 
 @settings(max_examples=400, deadline=None)

@@ -15,12 +15,11 @@ import pytest
 import redis
 
 from tests.services import (
-    AppInstance,
-    AppInstanceFactory,
     NginxFactory,
     PostgresServer,
     RedisServer,
     free_port,
+    fresh_database,
 )
 
 
@@ -93,21 +92,18 @@ def test_postgres_stop_then_start_on_the_same_port(postgres_server: PostgresServ
     assert _select_one(postgres_server.url("postgres")) == 1
 
 
-def test_postgres_url_survives_a_test_that_leaves_the_server_down(
-    postgres_server: PostgresServer, postgres_url: str
-) -> None:
-    postgres_server.kill()  # postgres_url's teardown must restart it to drop the database
-
-
-def test_postgres_server_is_up_again_after_the_previous_test(
+def test_a_fresh_database_is_dropped_though_the_test_left_the_server_down(
     postgres_server: PostgresServer,
 ) -> None:
+    with fresh_database(postgres_server) as url:
+        name = url.rsplit("/", 1)[1]
+        assert _select_one(url) == 1
+        postgres_server.kill()  # as a chaos test may leave it
+
     assert postgres_server.running
     with psycopg.connect(postgres_server.url("postgres")) as connection:
-        leftovers = connection.execute(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'test\\_%'"
-        ).fetchone()
-    assert leftovers == (0,)
+        left = connection.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+        assert left.fetchone() == (0,)
 
 
 def test_drop_database_closes_open_connections(postgres_server: PostgresServer) -> None:
@@ -177,8 +173,3 @@ def test_nginx_serves_a_static_location(nginx_factory: NginxFactory) -> None:
 def test_nginx_factory_rejects_a_config_without_its_port(nginx_factory: NginxFactory) -> None:
     with pytest.raises(ValueError, match="must listen on"):
         nginx_factory("events {} http { server { listen 127.0.0.1:1; } }", port=free_port())
-
-
-def test_app_instance_api_is_importable() -> None:
-    assert callable(AppInstanceFactory)
-    assert {"start", "stop", "kill", "worker_pids"} <= set(dir(AppInstance))
