@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import subprocess
 import sys
+from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from shortener.app import STORE
 from shortener.auth import create_key
 from shortener.config import Settings
 from shortener.links.hosts import is_private_host
+from shortener.links.model import KeyInfo
 from tests.conftest import Keys
 from tests.contract import ContractClient
 from tests.services import RedisServer
-from tests.test_api import LINKS
+from tests.test_api import LINKS, eventually
 
 LOOPBACK_PROXY = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 
@@ -210,14 +212,22 @@ async def test_revoked_key_is_refused_and_last_use_recorded(
 ) -> None:
     store = client.app[STORE]
     assert (await client.get(LINKS, headers=keys.of(keys.bob))).status == 200
-    await asyncio.sleep(0.1)
-    bob = next(key for key in await store.list_keys() if key.name == "bob")
-    assert bob.last_used_at is not None and not bob.revoked
-    from datetime import UTC, datetime
 
-    assert await store.revoke_key(bob.id, datetime.now(UTC))
-    await asyncio.sleep(5.1)  # the per-worker key cache holds answers for 5 s
-    assert (await client.get(LINKS, headers=keys.of(keys.bob))).status == 401
+    async def bob() -> KeyInfo:
+        found: KeyInfo = next(key for key in await store.list_keys() if key.name == "bob")
+        return found
+
+    # The last use is recorded off the request path.
+    used = await eventually(bob, lambda key: key.last_used_at is not None)
+    assert not used.revoked
+
+    assert await store.revoke_key(used.id, datetime.now(UTC))
+
+    async def answer() -> int:
+        return (await client.get(LINKS, headers=keys.of(keys.bob))).status
+
+    # Refused once the worker's key cache (5 s) lets the answer go.
+    assert await eventually(answer, lambda status: status != 200) == 401
 
 
 def test_keys_cli_lists_and_revokes(tmp_path: Path) -> None:
