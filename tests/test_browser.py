@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
@@ -114,12 +115,16 @@ def create_link(app: AppInstance, key: str, body: dict[str, str]) -> None:
         assert response.status == 201
 
 
+# What Chromium logs for each request the page makes that the server refuses with a 4xx.
+_REFUSED = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d\b")
+
+
 def console_problems(problems: list[str]) -> Callable[[ConsoleMessage], None]:
     """A console listener that keeps errors and warnings, but not the 4xx answers that
-    Chromium logs for every refused request the page makes."""
+    Chromium logs for every refused request the page makes (a 5xx is kept)."""
 
     def on_console(message: ConsoleMessage) -> None:
-        expected = message.text.startswith("Failed to load resource: the server responded")
+        expected = _REFUSED.match(message.text) is not None
         if message.type in {"error", "warning"} and not expected:
             problems.append(message.text)
 
@@ -448,3 +453,13 @@ def test_a_person_uploads_searches_filters_and_edits_links(
         finally:
             browser.close()
     assert problems == [], json.dumps(problems, indent=2)
+
+
+def test_the_console_listener_lets_only_4xx_load_failures_pass() -> None:
+    problems: list[str] = []
+    listen = console_problems(problems)
+    refused = "Failed to load resource: the server responded with a status of 404 (Not Found)"
+    broken = "Failed to load resource: the server responded with a status of 503 (Unavailable)"
+    for text in (refused, broken):
+        listen(SimpleNamespace(type="error", text=text))  # type: ignore[arg-type]
+    assert problems == [broken]
