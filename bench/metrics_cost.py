@@ -21,10 +21,13 @@ and (median with) / (median without) - 1 for CPU per request. On a machine that 
 shares, both move by tens of percent between rounds.
 
 With py-spy on the PATH (`pip install py-spy`), one more wrk run against each app is sampled
-with it: the share of the app's CPU samples spent in the request-latency code (LatencyBatch:
-its record on every request, its publish once a second) and in prometheus_client. A share of
-the app's own CPU does not depend on how much CPU the machine's other work leaves it, so the
-verdict on the 5% budget is taken on it (on CPU per request without py-spy).
+with it: the share of the app's CPU samples spent in the per-request metrics code (all of it:
+the timing and label work at the edge and in the redirect, LatencyBatch.record on every request, its
+publish once a second, found by file and line, whatever name py-spy gives the frame) and in
+prometheus_client. A share of the app's own CPU does not depend on how much CPU the machine's
+other work leaves it, so the verdict on the 5% budget is taken on it (on CPU per request
+without py-spy). A metrics-on profile with no sample in that code stops the run: py-spy must
+have named its frames in a way this script does not read.
 The table is printed and written as the section "## Metrics cost" of docs/BENCHMARKS.md.
 
     python bench/metrics_cost.py [--duration S] [--connections C] [--threads T] [--rounds N]
@@ -34,7 +37,9 @@ The table is printed and written as the section "## Metrics cost" of docs/BENCHM
 from __future__ import annotations
 
 import argparse
+import ast
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -92,7 +97,7 @@ class Profile:
     """Where one app's CPU went during a wrk run, from py-spy's samples (idle excluded)."""
 
     samples: int
-    observe: float  # share in LatencyBatch (record and publish): the request-latency metric
+    observe: float  # share in the per-request metrics code (see metric_lines)
     client: float  # share in prometheus_client, wherever called from (also the 1/s sync)
 
 
@@ -125,9 +130,10 @@ def measure(options: Options, processes: Processes) -> tuple[dict[str, Figure], 
     figures = {name: Figure(tuple(case_runs)) for name, case_runs in runs.items()}
     profiles = {}
     if shutil.which("py-spy") is not None:
-        for name, target in targets.items():
-            profiles[name] = profile(name, target, options, workdir)
-            say(f"profile {name:<6} {describe(profiles[name])}")
+        for case in CASES:
+            profiles[case.name] = profile(case.name, targets[case.name], options, workdir)
+            say(f"profile {case.name:<6} {describe(profiles[case.name])}")
+        check_profiles(profiles)
     else:
         say("py-spy is not installed (pip install py-spy): no profile")
     return figures, profiles
@@ -154,8 +160,54 @@ def profile(name: str, target: Target, options: Options, workdir: Path) -> Profi
     return read_profile(output.read_text())
 
 
-def read_profile(collapsed: str) -> Profile:
+# A py-spy frame: "function (path/to/file.py:line)"; the function may or may not carry its
+# class ("record" with py-spy 0.4.2, "LatencyBatch.record" with others).
+_FRAME = re.compile(r"(?P<function>.*) \((?P<path>[^()]*):(?P<line>\d+)\)")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def metric_lines(root: Path = ROOT) -> dict[str, frozenset[int]]:
+    """The lines of the per-request metrics code, by file: in shortener/web/ each request's
+    start time (`started = time.monotonic()`) and every `if ...observe:` block that labels
+    and records it, and in metrics.py the LatencyBatch."""
+    found: dict[str, frozenset[int]] = {}
+    for path in sorted((root / "shortener/web").glob("*.py")):
+        lines: set[int] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            timing = (
+                isinstance(node, ast.Assign)
+                and ast.unparse(node.targets[0]) == "started"
+                and isinstance(node.value, ast.Call)
+                and ast.unparse(node.value.func) in {"time.monotonic", "time.perf_counter"}
+            )
+            observing = isinstance(node, ast.If) and ast.unparse(node.test).endswith("observe")
+            if timing or observing:
+                lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        if lines:
+            found[f"shortener/web/{path.name}"] = frozenset(lines)
+    if not found:
+        raise BenchError("no request timing or `if observe:` block found in shortener/web/")
+    metrics = ast.parse((root / "shortener/metrics.py").read_text())
+    batch = next(
+        node
+        for node in metrics.body
+        if isinstance(node, ast.ClassDef) and node.name == "LatencyBatch"
+    )
+    found["shortener/metrics.py"] = frozenset(range(batch.lineno, (batch.end_lineno or 0) + 1))
+    return found
+
+
+def in_metrics(frame: str, lines: Mapping[str, frozenset[int]]) -> bool:
+    found = _FRAME.fullmatch(frame)
+    if found is None:
+        return False
+    path, line = found["path"].replace("\\", "/"), int(found["line"])
+    return any(path.endswith(name) and line in wanted for name, wanted in lines.items())
+
+
+def read_profile(collapsed: str, lines: Mapping[str, frozenset[int]] | None = None) -> Profile:
     """Shares of py-spy's collapsed stacks ("frame;frame;... count" a line)."""
+    lines = metric_lines() if lines is None else lines
     total = observe = client = 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -163,7 +215,7 @@ def read_profile(collapsed: str) -> Profile:
             continue
         samples = int(count)
         total += samples
-        if "LatencyBatch." in stack:
+        if any(in_metrics(frame, lines) for frame in stack.split(";")):
             observe += samples
         if "prometheus_client/" in stack:
             client += samples
@@ -172,9 +224,19 @@ def read_profile(collapsed: str) -> Profile:
     return Profile(total, observe / total, client / total)
 
 
+def check_profiles(profiles: Mapping[str, Profile]) -> None:
+    """A metrics-on app that py-spy never caught in the metrics code was misread, not free."""
+    for case in CASES:
+        if case.metrics and profiles[case.name].observe == 0:
+            raise BenchError(
+                f"py-spy saw no sample in the metrics code of {case.name}: its frames are "
+                "named in a way read_profile does not match, so there is no verdict"
+            )
+
+
 def describe(result: Profile) -> str:
     return (
-        f"{result.samples} samples: {result.observe:.1%} in the latency batch, "
+        f"{result.samples} samples: {result.observe:.1%} in the metrics code, "
         f"{result.client:.1%} in prometheus_client"
     )
 
@@ -252,7 +314,8 @@ def reading(results: Mapping[str, Figure], profiles: Mapping[str, Profile]) -> s
         single, multi = profiles["on"].observe, profiles["on+mp"].observe
         basis = (
             f"py-spy (at {PROFILE_RATE} samples/s, through one more wrk run of each app) finds "
-            f"the request-latency code (LatencyBatch: record and publish) in {single:.1%} of "
+            f"the per-request metrics code (timing and labels at the edge, "
+            f"LatencyBatch record and publish) in {single:.1%} of "
             f"the app's CPU samples in single-process mode and {multi:.1%} in multiprocess "
             "mode. A share of the app's own CPU does not move with the machine's other load, "
             "so this is the figure the budget is judged on"
@@ -275,7 +338,7 @@ def reading(results: Mapping[str, Figure], profiles: Mapping[str, Profile]) -> s
 
 def profile_table(profiles: Mapping[str, Profile]) -> str:
     lines = [
-        "| case | py-spy samples | CPU in the latency batch (record, publish) "
+        "| case | py-spy samples | CPU in the metrics code (timing, labels, record, publish) "
         "| CPU in prometheus_client |",
         "| --- | ---: | ---: | ---: |",
     ]
