@@ -20,17 +20,28 @@ pytest_plugins = ["tests.services", "tests.topology", "tests.monitoring"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store of each kind: every test using it runs on both backends."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shortener.db'}"
-    else:
-        yield request.getfixturevalue("postgres_url")
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each kind of store: every test using it runs on both backends (a module may add
+    "pgbouncer": PostgreSQL through PgBouncer in transaction pooling mode)."""
+    return str(request.param)
 
 
 @pytest.fixture
-def settings(backend_url: str) -> Settings:
-    return Settings(database_url=backend_url, base_url="https://sho.rt")
+def backend_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store of the kind ``backend`` names."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shortener.db'}"
+    else:
+        yield request.getfixturevalue(f"{backend}_url")
+
+
+@pytest.fixture
+def settings(backend_url: str, backend: str) -> Settings:
+    return Settings(
+        database_url=backend_url,
+        base_url="https://sho.rt",
+        db_transaction_pooling=backend == "pgbouncer",
+    )
 
 
 AppFactory = Callable[..., Any]

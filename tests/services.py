@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from devservices.app import AppInstance, AppInstanceFactory, HttpProcess, keys_create
+from devservices.ha import PGBOUNCER, PgBouncer
 from devservices.nginx import NGINX, Nginx, NginxFactory
 from devservices.postgres import PostgresServer
 from devservices.processes import (
@@ -108,6 +109,25 @@ def fresh_database(server: PostgresServer) -> Iterator[str]:
     finally:
         server.start()
         server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling mode in front of the session's PostgreSQL."""
+    installed(PGBOUNCER, "pgbouncer")
+    bouncer = PgBouncer(free_port(), postgres_server.port)
+    try:
+        bouncer.start()
+        yield bouncer
+    finally:
+        bouncer.close()
+
+
+@pytest.fixture
+def pgbouncer_url(pgbouncer: PgBouncer, postgres_url: str) -> str:
+    """The fresh database of ``postgres_url``, reached through :func:`pgbouncer`."""
+    pgbouncer.start()
+    return pgbouncer.url(postgres_url.rsplit("/", 1)[1])
 
 
 @pytest.fixture(scope="session")

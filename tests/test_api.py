@@ -1,4 +1,5 @@
-"""The JSON API of the contract, on both backends, every response checked against OpenAPI."""
+"""The JSON API of the contract, on both backends (PostgreSQL also through PgBouncer), every
+response checked against OpenAPI."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ from tests.contract import ContractClient
 
 LINKS = "/api/v1/links"
 T = TypeVar("T")
+
+
+@pytest.fixture(params=["sqlite", "postgres", "pgbouncer"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The API on each store, and on PostgreSQL through PgBouncer in transaction pooling mode."""
+    return str(request.param)
 
 
 async def create(client: ContractClient, key: str, **body: Any) -> dict[str, Any]:

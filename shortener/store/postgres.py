@@ -50,7 +50,9 @@ _SERVER_LOST = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.ReadOnlySQLTransactionError,
-    asyncpg.TargetServerAttributeNotMatched,
+    # No host is a primary now (TargetServerAttributeNotMatched), or a connection the server
+    # ended left asyncpg's protocol in a state it cannot use.
+    asyncpg.InternalClientError,
 )
 _UNAVAILABLE = (*_SERVER_LOST, asyncio.TimeoutError, asyncpg.QueryCanceledError)
 
