@@ -77,10 +77,13 @@ LOOPBACK_BASE = "http://127.0.0.1:18300"
                 "http://[::ffff:127.0.0.1]:18300/a",
                 "http://[::ffff:7f00:1]:18300/a",
                 "http://[::1]:18300/a",
-                "http://127.0.0.2:18300/a",
                 "http://0.0.0.0:18300/a",
             ],
-            ["http://127.0.0.1.example.com:18300/a", "https://example.com/"],
+            [
+                "http://127.0.0.1.example.com:18300/a",
+                "https://example.com/",
+                "http://127.0.0.2:18300/a",  # another loopback address is another host
+            ],
         ),
         (
             "https://93.184.216.34",

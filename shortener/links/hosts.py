@@ -23,6 +23,9 @@ _PRIVATE_SUFFIXES = (
     ".intranet",
 )
 _LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+_THIS_MACHINE = frozenset(
+    ipaddress.ip_address(text) for text in ("127.0.0.1", "::1", "0.0.0.0", "::")
+)
 # Deprecated IPv4-compatible addresses (::a.b.c.d): no public target uses them.
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 # The NAT64 well-known prefix: 64:ff9b::a.b.c.d reaches a.b.c.d through a NAT64 gateway.
@@ -74,14 +77,14 @@ def is_private_host(host: str) -> bool:
 
 def is_same_host(host: str, own_host: str) -> bool:
     """Whether `host` reaches the service at `own_host`: the same name, the same address in
-    any spelling, or loopback in any spelling when the service is on loopback."""
+    any spelling, or this machine in any spelling when the service is on it."""
     host, own_host = normalise_host(host), normalise_host(own_host)
     if host == own_host:
         return True
     address, own = as_ip(host), as_ip(own_host)
     if address is not None and own is not None and _canonical(address) == _canonical(own):
         return True
-    return _is_loopback(own_host) and _is_loopback(host)
+    return _is_this_machine(own_host) and _is_this_machine(host)
 
 
 def _is_private_address(address: IPAddress) -> bool:
@@ -95,12 +98,15 @@ def _canonical(address: IPAddress) -> IPAddress:
     return embedded_ipv4(address) or address
 
 
-def _is_loopback(host: str) -> bool:
+def _is_this_machine(host: str) -> bool:
+    """The names and addresses that mean "this machine" wherever it is asked: localhost
+    resolves to 127.0.0.1 and ::1, and 0.0.0.0 or :: connect to whatever listens locally.
+    Other loopback addresses (127.0.0.2) are hosts of their own."""
     address = as_ip(host)
     if address is None:
         return host in _LOOPBACK_NAMES or host.endswith(".localhost")
     canonical = _canonical(address)
-    return canonical.is_loopback or canonical.is_unspecified
+    return canonical in _THIS_MACHINE
 
 
 def _ipv4_in_labels(name: str) -> list[ipaddress.IPv4Address]:
