@@ -85,3 +85,7 @@ class StoreUnavailable(Exception):
 
 class CodeTaken(Exception):
     """The code is in use, or was used by a link now deleted."""
+
+
+class DomainBlocked(Exception):
+    """A link was not stored: its destination is on the blocklist in the store."""

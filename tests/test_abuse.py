@@ -192,11 +192,13 @@ async def test_blocklist_admin_api(client: ContractClient, keys: Keys) -> None:
     assert added.status == 201 and added.json()["domain"] == "scam.example"
     listing = await client.get("/api/v1/blocklist", headers=admin)
     assert [item["domain"] for item in listing.json()["items"]] == ["scam.example"]
-    refused = await client.post(LINKS, json={"url": "https://a.scam.example/"}, headers=alice)
+    scam = {"url": "https://a.scam.example/", "alias": "scam-link"}
+    refused = await client.post(LINKS, json=scam, headers=alice)
     assert refused.status == 400
     assert (await client.delete("/api/v1/blocklist/scam.example", headers=admin)).status == 204
     assert (await client.delete("/api/v1/blocklist/scam.example", headers=admin)).status == 404
-    allowed = await client.post(LINKS, json={"url": "https://a.scam.example/"}, headers=alice)
+    # The refused create stored nothing: its alias is still free.
+    allowed = await client.post(LINKS, json=scam, headers=alice)
     assert allowed.status == 201
     for bad in [
         {"domain": "a b"},

@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from shortener.cache.breaker import Breaker
 from shortener.cache.l1 import L1Cache
@@ -151,9 +151,21 @@ class RedisTier:
             self.breaker.succeeded()
 
     async def _publish(self, pending: dict[str, Target]) -> None:
+        try:
+            await self._send(pending, by_digest=True)
+        except NoScriptError:
+            # Redis does not know the script (it restarted): its text once loads it again.
+            await self._send(pending, by_digest=False)
+
+    async def _send(self, pending: dict[str, Target], by_digest: bool) -> None:
+        """The new answers and their invalidations, in one pipeline: one round trip."""
         async with self._client.pipeline(transaction=False) as pipe:
             for code, target in pending.items():
-                pipe.eval(_PUT_IF_NEWER, 1, *self._put_args(code, target))
+                args = self._put_args(code, target)
+                if by_digest:
+                    pipe.evalsha(self._put_if_newer.sha, 1, *args)
+                else:
+                    pipe.eval(_PUT_IF_NEWER, 1, *args)
                 pipe.publish(CHANNEL, code)
             await pipe.execute()
 

@@ -11,6 +11,14 @@ from shortener.links.hosts import is_private_host
 from shortener.store import Store
 
 
+def private_target() -> Problem:
+    return invalid("url", "must not point at a private or local network address")
+
+
+def blocked_target() -> Problem:
+    return invalid("url", "points at a blocked domain")
+
+
 class DestinationPolicy:
     def __init__(self, store: Store, blocked: Iterable[str], private_targets: str) -> None:
         self._store = store
@@ -23,6 +31,18 @@ class DestinationPolicy:
         if problem is not None:
             raise problem
 
+    def check_here(self, url: str, keyless: bool) -> list[str]:
+        """What the policy can check without the store: raises a validation problem, or
+        returns the domains the store's blocklist must not hold (for the store to check in
+        the statement that writes the link)."""
+        host = _host(url)
+        if self._denies_private(keyless) and is_private_host(host):
+            raise private_target()
+        domains = domain_suffixes(host)
+        if self._blocked.intersection(domains):
+            raise blocked_target()
+        return domains
+
     async def check_many(self, urls: list[str], keyless: bool) -> list[Problem | None]:
         """For each url, the problem that keeps a link from pointing there, or None; the
         blocklist in the store is asked once for them all."""
@@ -33,11 +53,9 @@ class DestinationPolicy:
         problems: list[Problem | None] = []
         for url, domains in zip(urls, suffixes, strict=True):
             if denies_private and is_private_host(_host(url)):
-                problems.append(
-                    invalid("url", "must not point at a private or local network address")
-                )
+                problems.append(private_target())
             elif blocked.intersection(domains):
-                problems.append(invalid("url", "points at a blocked domain"))
+                problems.append(blocked_target())
             else:
                 problems.append(None)
         return problems

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from shortener.cache.tiered import TieredCache
-from shortener.errors import CodeTaken, Problem, conflict, not_found, unavailable
+from shortener.errors import CodeTaken, DomainBlocked, Problem, conflict, not_found, unavailable
 from shortener.links import codes
 from shortener.links.model import ApiKey, Link, LinkChanges, LinkFilter, NewLink
-from shortener.links.policy import DestinationPolicy
+from shortener.links.policy import DestinationPolicy, blocked_target
 from shortener.store import Store
 
 # Collisions among 62**7 codes are rare; a few retries, then a longer code, always terminate.
@@ -23,16 +23,20 @@ class LinkService:
         self._policy = policy
 
     async def create(self, new: NewLink, owner: ApiKey | None) -> Link:
-        await self._policy.check(new.url, keyless=owner is None)
+        # The store checks its blocklist in the statement that writes the link.
+        domains = self._policy.check_here(new.url, keyless=owner is None)
         owner_id = owner.id if owner else None
         now = datetime.now(UTC)
-        if new.alias is not None:
-            try:
-                link = await self._store.insert_link(new.alias, new, owner_id, now)
-            except CodeTaken:
-                raise _taken(new.alias) from None
-        else:
-            link = await self._insert_generated(new, owner_id, now)
+        try:
+            if new.alias is not None:
+                try:
+                    link = await self._store.insert_link(new.alias, new, owner_id, now, domains)
+                except CodeTaken:
+                    raise _taken(new.alias) from None
+            else:
+                link = await self._insert_generated(new, owner_id, now, domains)
+        except DomainBlocked:
+            raise blocked_target() from None
         # A lookup of this code may have been cached as unknown.
         await self._cache.changed(link)
         return link
@@ -81,11 +85,14 @@ class LinkService:
         await self._cache.changed_many(made_links)
         return [results[index] for index in range(len(items))]
 
-    async def _insert_generated(self, new: NewLink, owner_id: int | None, now: datetime) -> Link:
+    async def _insert_generated(
+        self, new: NewLink, owner_id: int | None, now: datetime, unless_blocked: Sequence[str] = ()
+    ) -> Link:
         for length in range(codes.GENERATED_LENGTH, codes.GENERATED_LENGTH + 4):
             for _ in range(_ATTEMPTS_PER_LENGTH):
+                code = codes.generate(length)
                 try:
-                    return await self._store.insert_link(codes.generate(length), new, owner_id, now)
+                    return await self._store.insert_link(code, new, owner_id, now, unless_blocked)
                 except CodeTaken:
                     continue
         raise unavailable("Could not find a free code; try again.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Protocol
@@ -49,9 +49,15 @@ class Store(Protocol):
         ...
 
     async def insert_link(
-        self, code: str, new: NewLink, owner_id: int | None, now: datetime
+        self,
+        code: str,
+        new: NewLink,
+        owner_id: int | None,
+        now: datetime,
+        unless_blocked: Sequence[str] = (),
     ) -> Link:
-        """Raises CodeTaken if the code is or ever was in use."""
+        """Raises CodeTaken if the code is or ever was in use, and DomainBlocked (storing
+        nothing) if any of the domains `unless_blocked` is on the blocklist."""
         ...
 
     async def insert_links(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from shortener.config import Settings
-from shortener.errors import CodeTaken, StoreUnavailable
+from shortener.errors import CodeTaken, DomainBlocked, StoreUnavailable
 from shortener.links.model import (
     ApiKey,
     BlockedDomain,
@@ -170,14 +170,24 @@ class PostgresStore:
             await conn.fetchval("SELECT 1")
 
     async def insert_link(
-        self, code: str, new: NewLink, owner_id: int | None, now: datetime
+        self,
+        code: str,
+        new: NewLink,
+        owner_id: int | None,
+        now: datetime,
+        unless_blocked: Sequence[str] = (),
     ) -> Link:
+        # The blocklist is read in the statement that writes: one round trip for a create.
         async with self._connection("insert_link") as conn:
             try:
                 row = await conn.fetchrow(
                     f"""INSERT INTO links (code, url, owner_id, created_at, updated_at,
                             expires_at, max_visits, redirect_status, title, title_folded, tags)
-                        VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10)
+                        SELECT $1::text, $2::text, $3::bigint, $4::timestamptz,
+                               $4::timestamptz, $5::timestamptz, $6::bigint, $7::smallint,
+                               $8::text, $9::text, $10::text[]
+                        WHERE NOT EXISTS (SELECT 1 FROM blocked_domains
+                                          WHERE domain = ANY($11::text[]))
                         RETURNING {_LINK_COLUMNS}""",
                     code,
                     new.url,
@@ -189,10 +199,12 @@ class PostgresStore:
                     new.title,
                     folded(new.title),
                     list(new.tags),
+                    list(unless_blocked),
                 )
             except asyncpg.UniqueViolationError:
                 raise CodeTaken(code) from None
-        assert row is not None
+        if row is None:
+            raise DomainBlocked(new.url)
         return _link(row)
 
     async def insert_links(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +11,7 @@ import aiosqlite
 import orjson
 
 from shortener.config import Settings
-from shortener.errors import CodeTaken, StoreUnavailable
+from shortener.errors import CodeTaken, DomainBlocked, StoreUnavailable
 from shortener.links.model import (
     ApiKey,
     BlockedDomain,
@@ -112,8 +112,16 @@ class SqliteStore:
             raise StoreUnavailable(str(exc)) from exc
 
     async def insert_link(
-        self, code: str, new: NewLink, owner_id: int | None, now: datetime
+        self,
+        code: str,
+        new: NewLink,
+        owner_id: int | None,
+        now: datetime,
+        unless_blocked: Sequence[str] = (),
     ) -> Link:
+        # In-process: asking first costs no round trip.
+        if unless_blocked and await self.blocked_among(list(unless_blocked)):
+            raise DomainBlocked(new.url)
         made = await self.insert_links([(code, new)], owner_id, now)
         if code not in made:
             raise CodeTaken(code)
