@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -821,3 +822,35 @@ def test_redis_hung_under_traffic_no_redirect_fails(
     # A hung Redis costs a call its 50 ms timeout until the breaker opens; nothing waits
     # for long.
     assert max(a[2] for a in during) < 0.5, sorted(a[2] for a in during)[-10:]
+
+
+async def test_a_read_only_primary_does_not_open_the_store_breaker(postgres_url: str) -> None:
+    """A server that answers at once that it takes no writes (a demoted primary) is not a
+    hung one: writes get 503, and reads, which it still answers, go on."""
+    import psycopg
+    from psycopg import sql
+
+    from shortener.store.postgres import PostgresStore
+
+    settings = Settings(database_url=postgres_url)
+    writable = PostgresStore(settings)
+    await writable.open()
+    await writable.migrate()
+    await writable.close()
+    dbname = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(dbname)
+            )
+        )
+    store = PostgresStore(settings)
+    await store.open()
+    try:
+        for n in range(5):
+            with pytest.raises(StoreUnavailable):
+                await store.insert_key(f"key{n}", f"hash{n}", False, datetime.now(UTC))
+        assert store.breaker is not None and not store.breaker.is_open
+        assert await store.list_keys() == []
+    finally:
+        await store.close()

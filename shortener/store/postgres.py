@@ -55,6 +55,9 @@ _SERVER_LOST = (
     asyncpg.InternalClientError,
 )
 _UNAVAILABLE = (*_SERVER_LOST, asyncio.TimeoutError, asyncpg.QueryCanceledError)
+# A server that answers at once that it is not the primary: no call waits on it, so the
+# breaker does not count it (and the pool finds the primary on the next call).
+_NOT_PRIMARY = (asyncpg.ReadOnlySQLTransactionError, asyncpg.TargetServerAttributeNotMatched)
 
 
 class PostgresStore:
@@ -122,7 +125,7 @@ class PostgresStore:
                 conn.terminate()
             if isinstance(exc, _SERVER_LOST):
                 await self._pool.expire_connections()
-            if guarded:
+            if guarded and not isinstance(exc, _NOT_PRIMARY):
                 self.breaker.failed(exc)
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
         else:
