@@ -403,3 +403,20 @@ async def test_migration_0003_applies_after_a_later_one_landed_first(
         assert await store.migrate() == []
     finally:
         await store.close()
+
+
+async def test_a_batch_of_blocked_links_makes_nothing(client: ContractClient, keys: Keys) -> None:
+    await client.post(
+        "/api/v1/blocklist", json={"domain": "blocked.test"}, headers=keys.of(keys.admin)
+    )
+    results = await batch(
+        client,
+        keys.alice,
+        [{"url": "https://blocked.test/a"}, {"url": "https://x.blocked.test/", "alias": "bx"}],
+    )
+    assert [result["status"] for result in results] == [400, 400]
+    assert all("blocked" in result["problem"]["errors"][0]["message"] for result in results)
+    assert await pages(client, keys.alice, 10) == []
+    # the alias of a refused item is still free
+    again = await batch(client, keys.alice, [{"url": "https://example.com/", "alias": "bx"}])
+    assert again[0]["status"] == 201

@@ -10,7 +10,7 @@ from shortener.errors import CodeTaken, DomainBlocked, Problem, conflict, not_fo
 from shortener.links import codes
 from shortener.links.model import ApiKey, Link, LinkChanges, LinkFilter, NewLink
 from shortener.links.policy import DestinationPolicy, blocked_target
-from shortener.store import Store
+from shortener.store import Inserted, Store
 
 # Collisions among 62**7 codes are rare; a few retries, then a longer code, always terminate.
 _ATTEMPTS_PER_LENGTH = 3
@@ -44,40 +44,54 @@ class LinkService:
     async def create_many(
         self, items: list[NewLink | Problem], owner: ApiKey | None
     ) -> list[Link | Problem]:
-        """Creates each valid item as create() would, one store round trip for the batch
-        (codes that collide are retried one by one); a problem item stays as it is."""
+        """Creates each valid item as create() would, the blocklist read and every link
+        written in one store round trip (a generated code that collides is retried on its
+        own); a problem item stays as it is."""
         results: dict[int, Link | Problem] = {
             index: item for index, item in enumerate(items) if isinstance(item, Problem)
         }
-        valid = [(index, new) for index, new in enumerate(items) if isinstance(new, NewLink)]
-        checks = await self._policy.check_many([new.url for _, new in valid], owner is None)
-        rows: dict[str, tuple[int, NewLink]] = {}
+        rows: dict[str, tuple[int, NewLink, list[str]]] = {}
         generated = []
-        for (index, new), problem in zip(valid, checks, strict=True):
-            if problem is not None:
+        for index, new in enumerate(items):
+            if not isinstance(new, NewLink):
+                continue
+            try:
+                domains = self._policy.check_here(new.url, keyless=owner is None)
+            except Problem as problem:
                 results[index] = problem
-            elif new.alias is None:
-                generated.append((index, new))
+                continue
+            if new.alias is None:
+                generated.append((index, new, domains))
             elif new.alias in rows:
                 results[index] = _taken(new.alias)
             else:
-                rows[new.alias] = (index, new)
-        for index, new in generated:
-            rows[_fresh_code(rows)] = (index, new)
+                rows[new.alias] = (index, new, domains)
+        for index, new, domains in generated:
+            rows[_fresh_code(rows)] = (index, new, domains)
         owner_id = owner.id if owner else None
         now = datetime.now(UTC)
         in_order = sorted(rows.items(), key=lambda row: row[1][0])
-        rows_in_order = [(code, new) for code, (_, new) in in_order]
-        made = await self._store.insert_links(rows_in_order, owner_id, now) if in_order else {}
-        for code, (index, new) in in_order:
-            link = made.get(code)
+        inserted = Inserted({}, set())
+        if in_order:
+            inserted = await self._store.insert_links(
+                [(code, new) for code, (_, new, _) in in_order],
+                owner_id,
+                now,
+                [domains for _, (_, _, domains) in in_order],
+            )
+        for code, (index, new, domains) in in_order:
+            link = inserted.made.get(code)
             if link is not None:
                 results[index] = link
+            elif code in inserted.blocked:
+                results[index] = blocked_target()
             elif new.alias is not None:
                 results[index] = _taken(code)
             else:
                 try:
-                    results[index] = await self._insert_generated(new, owner_id, now)
+                    results[index] = await self._insert_generated(new, owner_id, now, domains)
+                except DomainBlocked:
+                    results[index] = blocked_target()
                 except Problem as problem:
                     results[index] = problem
         # Lookups of these codes may have been cached as unknown.

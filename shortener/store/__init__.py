@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from shortener.config import Settings
 from shortener.links.model import (
@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from shortener.store.breaker import StoreBreaker
 
 NO_FILTER = LinkFilter()
+
+
+class Inserted(NamedTuple):
+    """What a batch insert did: the links made, by code, and the codes of the rows left out
+    because a domain of theirs is blocked (a code in use is in neither)."""
+
+    made: dict[str, Link]
+    blocked: set[str]
+
+
 # (code, UTC hours since the epoch, dimension, value): the key of one count of visits.
 VisitKey = tuple[str, int, str, str]
 
@@ -61,10 +71,15 @@ class Store(Protocol):
         ...
 
     async def insert_links(
-        self, rows: list[tuple[str, NewLink]], owner_id: int | None, now: datetime
-    ) -> dict[str, Link]:
-        """Inserts every (code, link) whose code is free, in one round trip, in order; the
-        links made, by code (a code that is or ever was in use is absent)."""
+        self,
+        rows: list[tuple[str, NewLink]],
+        owner_id: int | None,
+        now: datetime,
+        unless_blocked: Sequence[Sequence[str]] = (),
+    ) -> Inserted:
+        """Inserts every (code, link) whose code is free and none of whose domains (the
+        row's entry in `unless_blocked`, if given) is on the blocklist, in one round trip,
+        in order."""
         ...
 
     async def import_links(self, links: list[Link], owner_id: int) -> dict[str, Link]:

@@ -24,7 +24,7 @@ from shortener.links.model import (
     NewLink,
 )
 from shortener.metrics import DB_QUERY_DURATION
-from shortener.store import NO_FILTER, VisitKey, folded, like_escape, migration_scripts
+from shortener.store import NO_FILTER, Inserted, VisitKey, folded, like_escape, migration_scripts
 from shortener.store.breaker import StoreBreaker
 
 # Any number will do, as long as nothing else in the database takes the same advisory lock.
@@ -211,23 +211,40 @@ class PostgresStore:
         return _link(row)
 
     async def insert_links(
-        self, rows: list[tuple[str, NewLink]], owner_id: int | None, now: datetime
-    ) -> dict[str, Link]:
+        self,
+        rows: list[tuple[str, NewLink]],
+        owner_id: int | None,
+        now: datetime,
+        unless_blocked: Sequence[Sequence[str]] = (),
+    ) -> Inserted:
         news = [new for _, new in rows]
+        domains = [",".join(each) for each in unless_blocked] or [""] * len(rows)
+        # One statement reads the blocklist for every row and writes the rest; the codes
+        # it refused come back on every row (and on one row of nulls when none was made).
         async with self._connection("insert_links") as conn:
             made = await conn.fetch(
-                f"""INSERT INTO links (code, url, owner_id, created_at, updated_at, expires_at,
-                        max_visits, redirect_status, title, title_folded, tags)
-                    SELECT b.code, b.url, $1, $2, $2, b.expires_at, b.max_visits,
-                           b.redirect_status, b.title, b.title_folded,
-                           string_to_array(b.tags, ',')
-                    FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::bigint[],
-                                $7::smallint[], $8::text[], $9::text[], $10::text[])
-                         WITH ORDINALITY AS b(code, url, expires_at, max_visits,
-                                              redirect_status, title, title_folded, tags, n)
-                    ORDER BY b.n
-                    ON CONFLICT (code) DO NOTHING
-                    RETURNING {_LINK_COLUMNS}""",
+                f"""WITH b AS MATERIALIZED (
+                        SELECT u.*, EXISTS (SELECT 1 FROM blocked_domains
+                                            WHERE domain = ANY(string_to_array(u.domains, ',')))
+                                    AS blocked
+                        FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::bigint[],
+                                    $7::smallint[], $8::text[], $9::text[], $10::text[],
+                                    $11::text[])
+                             WITH ORDINALITY AS u(code, url, expires_at, max_visits,
+                                                  redirect_status, title, title_folded, tags,
+                                                  domains, n)),
+                    made AS (
+                        INSERT INTO links (code, url, owner_id, created_at, updated_at,
+                            expires_at, max_visits, redirect_status, title, title_folded, tags)
+                        SELECT b.code, b.url, $1, $2, $2, b.expires_at, b.max_visits,
+                               b.redirect_status, b.title, b.title_folded,
+                               string_to_array(b.tags, ',')
+                        FROM b WHERE NOT b.blocked ORDER BY b.n
+                        ON CONFLICT (code) DO NOTHING
+                        RETURNING {_LINK_COLUMNS})
+                    SELECT made.*, refused.codes AS blocked_codes
+                    FROM (SELECT array_agg(code) AS codes FROM b WHERE blocked) AS refused
+                    LEFT JOIN made ON true""",
                 owner_id,
                 now,
                 [code for code, _ in rows],
@@ -237,10 +254,13 @@ class PostgresStore:
                 [new.redirect_status for new in news],
                 [new.title for new in news],
                 [folded(new.title) for new in news],
-                # Tags hold no commas: one string per link keeps the arrays one-dimensional.
+                # Tags and domains hold no commas: one string per row keeps arrays flat.
                 [",".join(new.tags) for new in news],
+                domains,
             )
-        return {row["code"]: _link(row) for row in made}
+        blocked = set(made[0]["blocked_codes"] or []) if made else set()
+        links = {row["code"]: _link(row) for row in made if row["id"] is not None}
+        return Inserted(links, blocked)
 
     async def import_links(self, links: list[Link], owner_id: int) -> dict[str, Link]:
         async with self._connection("import_links") as conn:
@@ -609,5 +629,6 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 def _link(row: asyncpg.Record) -> Link:
     fields = dict(row.items())
+    fields.pop("blocked_codes", None)
     fields["tags"] = tuple(fields["tags"])
     return Link(**fields)

@@ -21,7 +21,7 @@ from shortener.links.model import (
     LinkFilter,
     NewLink,
 )
-from shortener.store import NO_FILTER, VisitKey, folded, like_escape, migration_scripts
+from shortener.store import NO_FILTER, Inserted, VisitKey, folded, like_escape, migration_scripts
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
     redirect_status, disabled, deleted_at IS NOT NULL AS deleted, clicks, version, title, tags"""
@@ -122,14 +122,28 @@ class SqliteStore:
         # In-process: asking first costs no round trip.
         if unless_blocked and await self.blocked_among(list(unless_blocked)):
             raise DomainBlocked(new.url)
-        made = await self.insert_links([(code, new)], owner_id, now)
+        made = (await self.insert_links([(code, new)], owner_id, now)).made
         if code not in made:
             raise CodeTaken(code)
         return made[code]
 
     async def insert_links(
-        self, rows: list[tuple[str, NewLink]], owner_id: int | None, now: datetime
-    ) -> dict[str, Link]:
+        self,
+        rows: list[tuple[str, NewLink]],
+        owner_id: int | None,
+        now: datetime,
+        unless_blocked: Sequence[Sequence[str]] = (),
+    ) -> Inserted:
+        refused: set[str] = set()
+        if unless_blocked:
+            # In-process: asking first costs no round trip.
+            listed = await self.blocked_among(sorted({d for each in unless_blocked for d in each}))
+            refused = {
+                code
+                for (code, _), domains in zip(rows, unless_blocked, strict=True)
+                if listed.intersection(domains)
+            }
+            rows = [(code, new) for code, new in rows if code not in refused]
         batch = [
             [
                 code,
@@ -156,7 +170,7 @@ class SqliteStore:
             (owner_id, _epoch(now), _epoch(now), orjson.dumps(batch).decode()),
         ) as cursor:
             made = await cursor.fetchall()
-        return {row["code"]: _link(row) for row in made}
+        return Inserted({row["code"]: _link(row) for row in made}, refused)
 
     async def import_links(self, links: list[Link], owner_id: int) -> dict[str, Link]:
         batch = [
