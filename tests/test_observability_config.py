@@ -58,6 +58,17 @@ OTHER_SERIES: dict[str, frozenset[str] | None] = {
     "nginx_up": TARGET_LABELS,
     "nginx_connections_active": TARGET_LABELS,
     "nginx_http_requests_total": TARGET_LABELS,
+    # High availability: the Sentinels, the replicas and the standbys, as the Redis and
+    # PostgreSQL exporters report them.
+    "redis_sentinel_master_ok_slaves": TARGET_LABELS | {"master_name", "master_address"},
+    "redis_connected_slave_lag_seconds": TARGET_LABELS | {"slave_ip", "slave_port", "slave_state"},
+    "redis_master_link_up": TARGET_LABELS | {"master_host", "master_port"},
+    "redis_instance_info": TARGET_LABELS | {"role", "redis_mode", "redis_version"},
+    "pg_stat_replication_pg_wal_lsn_diff": TARGET_LABELS
+    | {"application_name", "client_addr", "server", "slot_name", "state"},
+    "pg_stat_replication_reply_time": TARGET_LABELS
+    | {"application_name", "client_addr", "server", "slot_name", "state"},
+    "pg_replication_is_replica": TARGET_LABELS | {"server"},
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),
