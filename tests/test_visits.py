@@ -592,3 +592,33 @@ async def test_visits_after_the_turn_of_the_hour_count_in_the_new_hour(
 class _NoStore:
     async def add_visits(self, clicks: Any, counts: Any) -> None:
         raise AssertionError("nothing is written here")
+
+
+async def test_a_backlog_is_written_in_several_statements_of_whole_links(
+    client: ContractClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shortener.visits.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "ROWS_PER_WRITE", 20)  # two links' counts a write
+    writes: list[int] = []
+    store = client.app[STORE]
+    add_visits = store.add_visits
+
+    async def counted_add_visits(clicks: Any, counts: Any) -> None:
+        writes.append(len(counts))
+        await add_visits(clicks, counts)
+
+    monkeypatch.setattr(store, "add_visits", counted_add_visits)
+    recorder = VisitRecorder(store, Classifier(None, ()), 1.0, 1000, 1000, 400)
+    links = [await create(client, keys.alice, url=f"https://example.com/{n}") for n in range(5)]
+    for link in links:
+        for user_agent in (FIREFOX_LINUX, CHROME_WINDOWS, CURL):
+            recorder.record(link["code"], _FakeRequest(user_agent), clicked=False)
+    await recorder.drain()
+    # Per link 9 counts: visits and bots, (direct), (unknown), 2 browsers, 2 systems, desktop.
+    assert writes == [18, 18, 9]
+    assert (recorder.flushed, recorder.clicks_flushed, recorder.buffered) == (15, 15, 0)
+    for link in links:
+        got = (await client.get(f"{LINKS}/{link['code']}", headers=keys.of(keys.alice))).json()
+        stats = (await client.get(stats_path(link["code"]), headers=keys.of(keys.alice))).json()
+        assert (stats["visits"], stats["bots"], got["clicks"]) == (2, 1, 3)

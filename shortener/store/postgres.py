@@ -29,7 +29,6 @@ from shortener.store.breaker import StoreBreaker
 
 # Any number will do, as long as nothing else in the database takes the same advisory lock.
 _MIGRATION_LOCK = 0x5E0127
-_FLUSH_TIMEOUT = 30.0
 _CHANGEABLE = ("url", "expires_at", "max_visits", "redirect_status", "disabled", "title", "tags")
 
 _LINK_COLUMNS = """id, code, url, owner_id, created_at, updated_at, expires_at, max_visits,
@@ -385,9 +384,7 @@ class PostgresStore:
         # Sorted, so that workers flushing at once lock rows in the same order.
         codes = sorted(clicks)
         keys = sorted(counts)
-        async with self._connection("add_visits") as conn, conn.transaction():
-            # After an outage the backlog may take longer than a request's statement may.
-            await conn.execute(f"SET LOCAL statement_timeout = {_FLUSH_TIMEOUT * 1000:.0f}")
+        async with self._connection("add_visits") as conn:
             try:
                 # One statement: the clicks and the counts of the same visits commit together.
                 await conn.execute(
@@ -410,7 +407,6 @@ class PostgresStore:
                     [key[2] for key in keys],
                     [key[3] for key in keys],
                     [counts[key] for key in keys],
-                    timeout=_FLUSH_TIMEOUT,
                 )
             except asyncpg.DeadlockDetectedError as exc:
                 raise StoreUnavailable(

@@ -32,6 +32,9 @@ RawVisit = tuple[str, int, str | None, str | None, str | None, str | None, bool]
 # Raw visits a worker holds between two classifications (a second apart): far above what
 # one worker answers in a second, and a few dozen MB at most.
 RAW_BUFFER_MAX = 50_000
+# Counts in one write statement at most: a backlog goes in several, each well within the
+# store's statement timeout.
+ROWS_PER_WRITE = 10_000
 # Visits grouped and classified before the loop lets requests in again (a few ms).
 _CHUNK = 5000
 _PURGE_EVERY = 3600.0
@@ -175,19 +178,46 @@ class VisitRecorder:
             self.clicks_dropped += times
 
     async def flush(self) -> None:
-        """Writes every count in one statement; on failure keeps them for the next flush."""
-        if not self._counts and not self._clicks:
-            return
-        counts, clicks = self._counts, self._clicks
-        visits, clicked = self._pending_visits, self._pending_clicks
-        self._counts, self._clicks = {}, {}
-        self._pending_visits = self._pending_clicks = 0
+        """Writes every count, normally in one statement; on failure keeps them for later.
+
+        A backlog (after the store was down) goes in several statements of at most
+        ROWS_PER_WRITE counts, each with whole links: a link's clicks and counts always
+        travel together, so a visit is never half written.
+        """
+        while self._counts or self._clicks:
+            await self._write(*self._take(ROWS_PER_WRITE))
+
+    def _take(self, rows: int) -> tuple[dict[VisitKey, int], dict[str, int], int, int]:
+        """Removes up to about `rows` counts, link by link, with their clicks."""
+        if len(self._counts) <= rows:
+            everything = (self._counts, self._clicks, self._pending_visits, self._pending_clicks)
+            self._counts, self._clicks = {}, {}
+            self._pending_visits = self._pending_clicks = 0
+            return everything
+        codes: set[str] = set()
+        taken = 0
+        for code, count in Counter(key[0] for key in self._counts).items():
+            if codes and taken + count > rows:
+                break
+            codes.add(code)
+            taken += count
+        counts = {key: self._counts.pop(key) for key in list(self._counts) if key[0] in codes}
+        clicks = {code: self._clicks.pop(code) for code in codes if code in self._clicks}
+        visits = sum(count for key, count in counts.items() if key[2] == "total")
+        clicked = sum(clicks.values())
+        self._pending_visits -= visits
+        self._pending_clicks -= clicked
+        return counts, clicks, visits, clicked
+
+    async def _write(
+        self, counts: dict[VisitKey, int], clicks: dict[str, int], visits: int, clicked: int
+    ) -> None:
         started = time.perf_counter()
         try:
             await self._store.add_visits(clicks, counts)
         except StoreUnavailable:
-            # Merged back whole, so a visit is never half written; the bound applies to new
-            # visits, so memory stays within about twice the limit.
+            # Merged back whole; the bound applies to new visits, so memory stays within
+            # about twice the limit.
             _merge(self._counts, counts)
             _merge(self._clicks, clicks)
             self._pending_visits += visits
