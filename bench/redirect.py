@@ -1,30 +1,33 @@
-"""The core redirect path, measured side by side with a bare aiohttp floor in one run.
+"""The core paths, measured side by side with a bare aiohttp floor in one run.
 
 On 127.0.0.1 only, in a private temporary folder, it starts:
 
-- a PostgreSQL 15 cluster of its own on a free port (initdb and postgres run as the postgres
-  user; fsync off, so a shared disk is not what gets measured);
+- a PostgreSQL cluster of its own on a free port (fsync off, so a shared disk is not what
+  gets measured) and a Redis of its own;
 - app "hit": `python -m shortener serve --workers 1` on a private SQLite file with a one-hour
-  L1, so every measured redirect is answered from L1;
-- app "miss": the same against that PostgreSQL with `SHORTENER_L1_SIZE=0`, so every redirect
-  reads the store (the app creates the schema itself at start);
+  L1, so every measured redirect is answered from L1 (metrics, visit recording and
+  everything else on, as by default);
+- app "miss": the same against PostgreSQL with `SHORTENER_L1_SIZE=0`, so every redirect
+  reads the store;
+- app "production": PostgreSQL and Redis with the default caches, behind a trusted proxy
+  (127.0.0.1): it answers a scanner of random, well-formed, unknown codes sent from 65,000
+  client addresses through X-Forwarded-For, and the creates;
 - "bare": bench/bare.py, aiohttp + uvloop answering every GET with a constant 302.
 
-Every server (PostgreSQL included) is pinned to CPU 1 and wrk to CPU 0. It makes an API key
-with `python -m shortener keys create`, seeds links through the API, warms every server, then
-runs wrk with the same connections, threads, duration and keep-alive against each, through a
-Lua script that rotates over the seeded codes and prints its figures as JSON. Rounds are
-interleaved (hit, bare, miss, hit, bare, miss, ...); each figure is the median over the
-rounds, and each ratio the median of the ratios within a round (side by side, seconds apart,
-so under much the same load). Create throughput (POST /api/v1/links against PostgreSQL, the
-per-key create limit raised out of the way) is measured once at the end. Besides req/s and
-latency, it reads the server process's CPU time around each run: CPU per request moves less
-than req/s when other work shares the machine.
+Every server (PostgreSQL and Redis included) is pinned to CPU 1 and wrk to CPU 0. Before
+each round it waits (up to --quiet-wait seconds) for the 1-minute load average to fall
+under 1.0, and the table gives the load average each round started at. Rounds are
+interleaved (hit, bare, miss, unknown, hit, bare, ...); each figure is the median over the
+rounds, and each ratio the median of the ratios within a round. Then the L1 redirect and
+bare again at 32 connections (their p99s), then creates (POST /api/v1/links, 16
+connections, the per-key limit raised out of the way) against the same worker's L1
+redirect rate. Besides req/s and latency, it reads each server process's CPU time around
+each run: CPU per request moves less than req/s when other work shares the machine.
 The table is printed and written as the section "## Core redirect path" of docs/BENCHMARKS.md.
 Every process it starts is stopped, by process group, on success, error, Ctrl-C or SIGTERM.
 
     python bench/redirect.py [--duration S] [--connections C] [--threads T] [--rounds N]
-                             [--out docs/BENCHMARKS.md]
+                             [--quiet-wait S] [--out docs/BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn
@@ -65,7 +69,7 @@ from devservices.processes import (
     log_tail,
     pin,
 )
-from devservices.redis import REDIS_SERVER
+from devservices.redis import REDIS_SERVER, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -76,6 +80,13 @@ SEED_URL = "https://example.com/bench/landing/page-{:04d}?utm_source=bench&utm_m
 MIN_LINKS = 256
 WARMUP_SECONDS = 2
 TARGET_RATIO = 0.90
+# Creates against the same worker's redirects from L1, and the p99 at 32 connections.
+CREATE_TARGET = 0.10
+P99_CONNECTIONS = 32
+P99_TARGET = 1.5
+CREATE_CONNECTIONS = 16
+# A round starts once the 1-minute load average is under this (or the wait is over).
+QUIET_LOAD = 1.0
 # Per-round app/bare ratios further apart than this mean the machine was busy during the run.
 NOISY_SPREAD = 0.15
 SECTION = "## Core redirect path"
@@ -117,6 +128,9 @@ class Options:
     threads: int
     rounds: int
     out: Path
+    # Seconds to wait, before each round, for the 1-minute load average to fall under
+    # QUIET_LOAD; a round that starts louder says so in the table.
+    quiet_wait: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +146,8 @@ class WrkRun:
     error_kinds: tuple[tuple[str, int], ...] = ()
     # Every figure the Lua script printed, for a script that counts more than LUA_DONE does.
     figures: Mapping[str, int] = field(default_factory=dict, compare=False)
+    # The 1-minute load average when its round started.
+    load: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +197,11 @@ class Results:
     bare: Figure
     miss: Figure
     create: Figure
+    # Unknown, well-formed codes from many client addresses (PostgreSQL and Redis behind).
+    unknown: Figure
+    # The L1 redirect and bare at P99_CONNECTIONS, for their tail latencies.
+    hit_p99: Figure
+    bare_p99: Figure
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -445,34 +466,102 @@ class Target:
 
 
 def measure(options: Options, processes: Processes) -> Results:
-    say("starting PostgreSQL, the two apps and the bare server, all pinned to CPU 1")
+    say("starting PostgreSQL, Redis, three apps and the bare server, all pinned to CPU 1")
     postgres_url = start_postgres(processes)
+    redis_url = start_redis(processes)
     hit_env = app_env(f"sqlite:///{processes.workdir / 'hit.db'}", l1_size=100_000)
     miss_env = app_env(postgres_url, l1_size=0)
+    # Production-like: PostgreSQL and Redis, default caches, behind a trusted proxy.
+    full_env = app_env(postgres_url.rsplit("/", 1)[0] + "/production", l1_size=100_000, l1_ttl=None)
+    full_env.update(SHORTENER_REDIS_URL=redis_url, SHORTENER_TRUSTED_PROXIES=LOOPBACK)
+    create_database(postgres_url, "production")
     hit = start_app(processes, "app-hit", hit_env)
     miss = start_app(processes, "app-miss", miss_env)
+    full = start_app(processes, "app-full", full_env)
     bare = start_bare(processes)
 
     links = max(MIN_LINKS, 4 * options.connections)
     say(f"seeding {links} links into each app through the API, checking each redirect")
     hit_lua = seeded_script(processes.workdir / "hit", hit.port, hit_env, links, options)
     miss_lua = seeded_script(processes.workdir / "miss", miss.port, miss_env, links, options)
+    unknown_lua = _write(processes.workdir / "unknown.lua", UNKNOWN_LUA + LUA_DONE)
     targets = {
         "hit": Target(hit.port, hit_lua, pid=hit.pid),
         "bare": Target(bare.port, hit_lua, pid=bare.pid),
         "miss": Target(miss.port, miss_lua, pid=miss.pid),
+        "unknown": Target(full.port, unknown_lua, pid=full.pid),
     }
     runs = run_rounds(targets, options)
-    create_lua = create_script(processes.workdir, create_key(miss_env))
-    create = Target(miss.port, create_lua, "/api/v1/links", miss.pid)
-    create_run = run_wrk(create, options, options.duration)
-    say(f"create {_describe(create_run)}")
+    runs["unknown"] = [_expected_not_found(run) for run in runs["unknown"]]
+    say(f"the L1 redirect and bare again at {P99_CONNECTIONS} connections, for p99")
+    tail_options = replace(options, connections=P99_CONNECTIONS)
+    tails = run_rounds({"hit": targets["hit"], "bare": targets["bare"]}, tail_options)
+    create_options = replace(options, connections=max(CREATE_CONNECTIONS, options.threads))
+    create_lua = create_script(processes.workdir, create_key(full_env))
+    create = Target(full.port, create_lua, "/api/v1/links", full.pid)
+    creates = run_rounds({"create": create}, replace(create_options, rounds=1))["create"]
+    say(f"create {_describe(creates[0])}")
     return Results(
         hit=Figure(tuple(runs["hit"])),
         bare=Figure(tuple(runs["bare"])),
         miss=Figure(tuple(runs["miss"])),
-        create=Figure((create_run,)),
+        create=Figure(tuple(creates)),
+        unknown=Figure(tuple(runs["unknown"])),
+        hit_p99=Figure(tuple(tails["hit"])),
+        bare_p99=Figure(tuple(tails["bare"])),
     )
+
+
+def _expected_not_found(run: WrkRun) -> WrkRun:
+    """wrk counts every answer >= 400 as an error; for unknown codes a 404 is the answer."""
+    if run.wrong_status:
+        return run
+    kinds = tuple((kind, 0 if kind == "status" else count) for kind, count in run.error_kinds)
+    return replace(run, errors=sum(count for _, count in kinds), error_kinds=kinds)
+
+
+def start_redis(processes: Processes) -> str:
+    """A redis-server on a free port with no persistence; returns its URL."""
+    directory = processes.workdir / "redis"
+    directory.mkdir()
+    redis = RedisServer(REDIS_SERVER, directory, free_port())
+    processes.start("redis", redis)
+    return redis.url
+
+
+def create_database(postgres_url: str, name: str) -> None:
+    """A second database in the cluster, so that each app has a schema of its own."""
+    subprocess.run(
+        [str(postgres_bindir() / "psql"), postgres_url, "-qc", f"CREATE DATABASE {name}"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+# A scanner: random well-formed codes that name no link (7 characters, as generated ones),
+# each from one of 65,000 client addresses behind the trusted proxy, so that no address
+# reaches the per-address limit for unknown codes and each request costs its full lookup.
+UNKNOWN_LUA = """
+local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+local picks = {}
+init = function(_)
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+end
+request = function()
+  for i = 1, 7 do
+    local r = math.random(1, #alphabet)
+    picks[i] = alphabet:sub(r, r)
+  end
+  local client = string.format("198.18.%d.%d", math.random(0, 255), math.random(1, 254))
+  return wrk.format("GET", "/" .. table.concat(picks), {["X-Forwarded-For"] = client})
+end
+bench_threads = {}
+setup = function(thread) table.insert(bench_threads, thread) end
+response = function(status, _, _)
+  if status ~= 404 then wrong = status end
+end
+"""
 
 
 def seeded_script(
@@ -486,16 +575,39 @@ def seeded_script(
 
 
 def run_rounds(targets: Mapping[str, Target], options: Options) -> dict[str, list[WrkRun]]:
+    """Interleaved rounds (every target once a round); each round waits for a quiet machine."""
     say(f"warming each server with wrk for {WARMUP_SECONDS} s")
     for target in targets.values():
         run_wrk(target, options, WARMUP_SECONDS)
     runs: dict[str, list[WrkRun]] = {name: [] for name in targets}
     for round_number in range(1, options.rounds + 1):
+        load = wait_for_quiet(options.quiet_wait)
         for name, target in targets.items():
-            run = run_wrk(target, options, options.duration)
+            run = replace(run_wrk(target, options, options.duration), load=load)
             runs[name].append(run)
-            say(f"round {round_number}/{options.rounds} {name:<5} {_describe(run)}")
+            say(f"round {round_number}/{options.rounds} {name:<7} {_describe(run)}")
     return runs
+
+
+def wait_for_quiet(limit: float, poll: float = 5.0) -> float:
+    """Waits up to `limit` seconds for the 1-minute load average to fall under QUIET_LOAD;
+    returns the load average it starts at."""
+    deadline = time.monotonic() + limit
+    load = os.getloadavg()[0]
+    if load >= QUIET_LOAD:
+        say(f"load average {load:.2f}: waiting up to {limit:.0f} s for it to fall under 1.0")
+    while load >= QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(poll)
+        load = os.getloadavg()[0]
+    return load
+
+
+def loads_text(runs: Sequence[WrkRun]) -> str:
+    """The load averages the rounds started at, and how many of them were quiet."""
+    loads = [run.load for run in runs]
+    quiet = sum(load < QUIET_LOAD for load in loads)
+    listed = ", ".join(f"{load:.2f}" for load in loads)
+    return f"{listed} ({quiet} of {len(loads)} rounds under {QUIET_LOAD:.1f})"
 
 
 def _describe(run: WrkRun) -> str:
@@ -521,24 +633,41 @@ def paired_ratio(numerator: Figure, denominator: Figure) -> float:
     return statistics.median(paired_ratios(numerator, denominator))
 
 
-def table(results: Results) -> str:
+def table(results: Results, options: Options) -> str:
     hit_ratio = paired_ratio(results.hit, results.bare)
     miss_ratio = paired_ratio(results.miss, results.hit)
+    unknown_cpu = results.unknown.cpu_us / results.hit.cpu_us
+    create_ratio = results.create.rps / results.hit.rps
+    p99_ratio = results.hit_p99.p99_ms / results.bare_p99.p99_ms
+    c, p = f"{options.connections} connections", f"{P99_CONNECTIONS} connections"
     rows = [
-        ("app, redirect from L1", results.hit, f"{hit_ratio:.2f} of bare"),
-        ("bare aiohttp + uvloop 302", results.bare, "1.00"),
-        ("app, redirect from PostgreSQL (L1 off)", results.miss, f"{miss_ratio:.2f} of L1"),
-        ("app, create (POST /api/v1/links, PostgreSQL)", results.create, "-"),
+        (f"app, redirect from L1 ({c})", results.hit, f"{hit_ratio:.2f} of bare"),
+        (f"bare aiohttp + uvloop 302 ({c})", results.bare, "1.00"),
+        (f"app, redirect from PostgreSQL, L1 off ({c})", results.miss, f"{miss_ratio:.2f} of L1"),
+        (
+            f"app, unknown code, PostgreSQL + Redis, 65,000 client addresses ({c})",
+            results.unknown,
+            f"CPU {unknown_cpu:.1f}x an L1 redirect's",
+        ),
+        (
+            f"app, create, PostgreSQL + Redis ({CREATE_CONNECTIONS} connections)",
+            results.create,
+            f"{create_ratio:.3f} of L1 req/s",
+        ),
+        (f"app, redirect from L1 ({p})", results.hit_p99, f"p99 {p99_ratio:.2f}x bare"),
+        (f"bare aiohttp + uvloop 302 ({p})", results.bare_p99, "1.00"),
     ]
     lines = [
-        "| case | req/s | p50 ms | p99 ms | ratio | server CPU µs/req | req/s by round | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| case | req/s | p50 ms | p99 ms | ratio | server CPU µs/req | req/s by round "
+        "| load avg at round start | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for name, figure, ratio in rows:
         by_round = ", ".join(f"{run.rps:.0f}" for run in figure.runs)
         lines.append(
             f"| {name} | {figure.rps:.0f} | {figure.p50_ms:.2f} | {figure.p99_ms:.2f} "
-            f"| {ratio} | {figure.cpu_us:.0f} | {by_round} | {figure.errors_text} |"
+            f"| {ratio} | {figure.cpu_us:.0f} | {by_round} | {loads_text(figure.runs)} "
+            f"| {figure.errors_text} |"
         )
     return "\n".join(lines)
 
@@ -547,33 +676,64 @@ def reading(results: Results) -> str:
     by_round = paired_ratios(results.hit, results.bare)
     ratio = statistics.median(by_round)
     of_medians = results.hit.rps / results.bare.rps
-    verdict = "meets" if ratio >= TARGET_RATIO else "misses"
     cpu = results.hit.cpu_us / results.bare.cpu_us
-    failed = sum(f.errors for f in (results.hit, results.bare, results.miss, results.create))
+    create_ratio = results.create.rps / results.hit.rps
+    p99_ratio = results.hit_p99.p99_ms / results.bare_p99.p99_ms
+    figures = (
+        results.hit,
+        results.bare,
+        results.miss,
+        results.unknown,
+        results.create,
+        results.hit_p99,
+        results.bare_p99,
+    )
+    failed = sum(figure.errors for figure in figures)
+    loud = [run.load for figure in figures for run in figure.runs if not run.load < QUIET_LOAD]
     notes = f" {failed} requests failed (see the errors column)." if failed else ""
-    if max(by_round) - min(by_round) > NOISY_SPREAD:
+    if loud:
         notes += (
-            f" The rounds disagree by more than {NOISY_SPREAD:.2f}: other work shared the "
-            "machine, so trust the CPU per request more than req/s, and rerun when it is quiet."
+            f" {len(loud)} runs started with the load average at or over {QUIET_LOAD:.1f} (up "
+            f"to {max(loud):.2f}): other work shared the machine, so these figures are "
+            "indicative; trust the CPU per request more than req/s, and rerun when it is quiet."
+        )
+    elif max(by_round) - min(by_round) > NOISY_SPREAD:
+        notes += (
+            f" The rounds disagree by more than {NOISY_SPREAD:.2f}: something else ran; "
+            "rerun to confirm."
         )
     return (
         f"Reading: a redirect from L1 runs at {ratio:.2f} of bare aiohttp, the median of the "
         f"rounds ({', '.join(f'{value:.2f}' for value in by_round)}; the ratio of the median "
-        f"req/s is {of_medians:.2f}), which {verdict} the {TARGET_RATIO:.2f} target, and "
-        f"costs {cpu:.2f}x its CPU per request; a redirect that reads PostgreSQL runs at "
-        f"{paired_ratio(results.miss, results.hit):.2f} of the L1 rate.{notes}"
+        f"req/s is {of_medians:.2f}), which {_verdict(ratio >= TARGET_RATIO)} the "
+        f"{TARGET_RATIO:.2f} target, at {cpu:.2f}x its CPU per request. Creates run at "
+        f"{create_ratio:.3f} of the L1 redirect rate ({_verdict(create_ratio >= CREATE_TARGET)}"
+        f" {CREATE_TARGET:.2f}); an unknown code costs {results.unknown.cpu_us:.0f} µs of CPU, "
+        f"{results.unknown.cpu_us / results.hit.cpu_us:.1f}x an L1 redirect; at "
+        f"{P99_CONNECTIONS} connections the L1 redirect's p99 is {p99_ratio:.2f}x bare's "
+        f"({_verdict(p99_ratio <= P99_TARGET)} {P99_TARGET:.1f}x); a redirect that reads "
+        f"PostgreSQL runs at {paired_ratio(results.miss, results.hit):.2f} of the L1 rate."
+        f"{notes}"
     )
+
+
+def _verdict(met: bool) -> str:
+    return "meets" if met else "misses"
 
 
 def section(results: Results, options: Options, command: str, load: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     setup = (
-        f"{options.rounds} interleaved rounds (L1, bare, PostgreSQL) of {options.duration} s, "
-        f"{options.connections} keep-alive connections, {options.threads} wrk thread(s); "
+        f"{options.rounds} interleaved rounds (L1, bare, PostgreSQL, unknown codes) of "
+        f"{options.duration} s, {options.connections} keep-alive connections, then "
+        f"{options.rounds} interleaved rounds (L1, bare) at {P99_CONNECTIONS} connections, "
+        f"then one create run at {CREATE_CONNECTIONS}; {options.threads} wrk thread(s); "
+        f"each round waits (up to {options.quiet_wait:.0f} s) for the 1-minute load average "
+        f"to fall under {QUIET_LOAD:.1f}, and the table gives the load each round started at; "
         "figures are medians over the rounds, ratios the median of the per-round ratios; "
-        "create is one run at the end; "
         "server CPU is the user and system time of the app (or bare) process per request, "
-        f"PostgreSQL's own not included. Load average (1 min) at start and end: {load}"
+        "PostgreSQL's and Redis's own not included. Load average (1 min) at start and end: "
+        f"{load}"
     )
     versions = (
         f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
@@ -584,7 +744,7 @@ def section(results: Results, options: Options, command: str, load: str) -> str:
         [
             SECTION,
             f"Command: `{command}`  \nDate: {when}  \nSetup: {setup}.  \nVersions: {versions}.",
-            table(results),
+            table(results, options),
             reading(results),
         ]
     )
@@ -630,10 +790,18 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--threads", type=_positive, default=1, help="wrk threads")
     parser.add_argument("--rounds", type=_positive, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=900.0,
+        help="seconds each round waits for the 1-minute load average to fall under 1.0",
+    )
     args = parser.parse_args(argv)
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads")
-    return Options(args.duration, args.connections, args.threads, args.rounds, args.out)
+    return Options(
+        args.duration, args.connections, args.threads, args.rounds, args.out, args.quiet_wait
+    )
 
 
 def _positive(raw: str) -> int:
