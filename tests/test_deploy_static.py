@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import importlib.util
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -38,6 +39,8 @@ import crossplane  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+
+from shortener.config import Settings, parse_sentinel_url
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "nginx" / "nginx.conf"
@@ -435,6 +438,77 @@ def test_env_example_documents_every_variable_with_placeholder_secrets() -> None
     for key, value in example.items():
         if SENSITIVE.search(key):
             assert "change-me" in value, f".env.example: {key} must be a placeholder"
+
+
+HA_PROFILE = {
+    "redis-replica",
+    "sentinel-1",
+    "sentinel-2",
+    "sentinel-3",
+    "postgres-standby",
+    "pgbouncer",
+}
+
+
+def _ha_values() -> dict[str, str]:
+    """The value .env.example gives each variable for the ha profile (its "# ha: " line)."""
+    values: dict[str, str] = {}
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    for comment, line in itertools.pairwise(lines):
+        if comment.startswith("# ha: ") and "=" in line and not line.startswith("#"):
+            values[line.partition("=")[0]] = comment.removeprefix("# ha: ").split(" ")[0]
+    return values
+
+
+def test_ha_profile_adds_a_replica_three_sentinels_a_standby_and_pgbouncer() -> None:
+    services = _services()
+    for name, service in services.items():
+        assert service.get("profiles", []) == (["ha"] if name in HA_PROFILE else []), name
+    replica = services["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    monitors = set()
+    for name in sorted(HA_PROFILE):
+        command = " ".join(services[name].get("command") or [])
+        if name.startswith("sentinel-"):
+            monitor = re.search(r"sentinel monitor (\S+) (\S+) (\d+) (\d+)", command)
+            assert monitor, name
+            monitors.add(monitor.groups())
+    # One group, the primary being the redis service, a majority of the three to fail over.
+    assert len(monitors) == 1
+    ((primary_name, host, port, quorum),) = monitors
+    assert (host, port) == ("redis", "6379") and int(quorum) == 2
+
+    values = _ha_values()
+    assert _env_example()["COMPOSE_PROFILES"] == "" and set(values) >= {
+        "SHORTENER_REDIS_URL",
+        "SHORTENER_DATABASE_HOSTS",
+        "SHORTENER_DB_TRANSACTION_POOLING",
+        "POSTGRES_SYNCHRONOUS_STANDBY_NAMES",
+    }
+    app_env = {**_env_example(), **values, "POSTGRES_PASSWORD": "secret"}
+    settings = Settings.from_env(
+        {k: _interpolate(v, app_env) for k, v in _environment(services["app"]).items()}
+    )
+    assert settings.redis_url is not None and settings.db_transaction_pooling
+    sentinel_url = parse_sentinel_url(settings.redis_url)
+    assert sentinel_url.primary == primary_name
+    assert {host for host, _ in sentinel_url.sentinels} == {
+        "sentinel-1",
+        "sentinel-2",
+        "sentinel-3",
+    }
+    assert {port for _, port in sentinel_url.sentinels} == {26379}
+    assert urlsplit(settings.database_url).netloc.endswith("@pgbouncer:5432")
+    bouncer = _environment(services["pgbouncer"])
+    assert bouncer["POOL_MODE"] == "transaction"
+    # The standby names itself as the primary's synchronous_standby_names expects.
+    standby_script = (ROOT / "deploy" / "compose" / "postgres-standby.sh").read_text()
+    name = values["POSTGRES_SYNCHRONOUS_STANDBY_NAMES"]
+    assert f"application_name={name}" in standby_script
+    assert (
+        "synchronous_standby_names=${POSTGRES_SYNCHRONOUS_STANDBY_NAMES:-}"
+        in (services["postgres"]["command"])
+    )
 
 
 def test_env_file_is_git_ignored_and_its_example_is_not() -> None:
