@@ -5,7 +5,9 @@ nothing, and CSV cells cannot run as spreadsheet formulas."""
 from __future__ import annotations
 
 import csv
+import http.client
 import io
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,3 +333,34 @@ def test_hostile_import_lines_are_rejected_not_crashing(
     big_csv.write_text("keyword,url\nhuge," + "x" * 200_000 + "\nfine,https://example.com/f\n")
     code, out, _ = first.run("import", str(big_csv), "--format", "yourls-csv", "--owner", "1")
     assert out.strip().splitlines()[-1] == "imported 1, unchanged 0, rejected 1"
+
+
+def test_imported_codes_replace_cached_unknowns_on_running_instances(
+    app_instance_factory: Any,
+    postgres_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    env = {"SHORTENER_DATABASE_URL": postgres_url, "SHORTENER_REDIS_URL": redis_url}
+    instance = app_instance_factory(env)
+
+    def status(code: str) -> int:
+        connection = http.client.HTTPConnection(instance.host, instance.port, timeout=10)
+        try:
+            connection.request("GET", f"/{code}")
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    assert status("ozh") == 404  # now cached as unknown, in Redis and in the worker
+    monkeypatch.setenv("SHORTENER_REDIS_URL", redis_url)
+    shortener = Shortener(postgres_url, monkeypatch, capsys)
+    code, out, _ = shortener.run(
+        "import", str(SAMPLES / "yourls.csv"), "--format", "yourls-csv", "--owner", shortener.key()
+    )
+    assert code == 0, out
+    deadline = time.monotonic() + 5
+    while status("ozh") != 302 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status("ozh") == 302
