@@ -2,8 +2,9 @@
 
 The redirect only appends the raw facts of a visit to a bounded list. Every flush interval
 the list is classified into counts per (code, UTC hour, dimension, value), and those counts
-and the links' clicks are written together in one statement, so `visits + bots == clicks`
-holds by construction. While the store is down the counts wait here, bounded.
+and the links' clicks are written together, a link's in the same statement, so
+`visits + bots == clicks` holds by construction. While the store is down the counts wait
+here, bounded.
 """
 
 from __future__ import annotations
