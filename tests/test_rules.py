@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,12 +131,20 @@ def test_url_validator_never_crashes_on_bracketed_hosts(raw: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.datetimes(),
-    st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1),
+    # Any date, and the first and last days a datetime holds, where an offset overflows.
+    st.one_of(
+        st.datetimes(),
+        st.datetimes(min_value=datetime(9999, 12, 31)),
+        st.datetimes(max_value=datetime(1, 1, 1, 23, 59, 59)),
+    ),
+    st.one_of(
+        st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1),
+        st.sampled_from([-(24 * 60 - 1), 24 * 60 - 1]),
+    ),
     st.sampled_from(["T", "t", " "]),
 )
 def test_expiry_validator_never_crashes_at_extreme_offsets(
-    moment: object, offset_minutes: int, separator: str
+    moment: datetime, offset_minutes: int, separator: str
 ) -> None:
     sign = "-" if offset_minutes < 0 else "+"
     hours, minutes = divmod(abs(offset_minutes), 60)
@@ -149,6 +159,8 @@ def test_expiry_validator_never_crashes_at_extreme_offsets(
 @given(
     st.one_of(
         st.integers(min_value=0, max_value=10**25).map(encode_cursor),
+        # Around the largest id the stores hold, where 19 digits no longer fit 64 bits.
+        st.integers(min_value=MAX_LINK_ID - 10**6, max_value=10**19).map(encode_cursor),
         st.text(max_size=40),
     )
 )
