@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+import redis
 from psycopg import sql
 
 from devservices.ha import PostgresPair, SentinelGroup
@@ -200,6 +201,11 @@ async def _change_is_served_within_100_ms(writer: str, reader: str, code: str, k
     return True
 
 
+def _create_counts(server: redis.Redis) -> int:
+    """The rate limiter's counts of creates in this minute's windows, summed."""
+    return sum(int(server.get(key) or 0) for key in server.scan_iter("shortener:limit:*"))
+
+
 def _report(name: str, figures: dict[str, float | int]) -> None:
     print(
         f"{name}: "
@@ -234,6 +240,8 @@ async def test_redis_primary_killed_under_load_no_redirect_fails_and_invalidatio
             assert load.now() - killed < 30, "the Sentinels never promoted the replica"
             await asyncio.sleep(0.05)
         promoted = load.now()
+        with redis.Redis(host="127.0.0.1", port=new) as promoted_server:
+            counted_at_promotion = _create_counts(promoted_server)
         changes = 0
         while not await _change_is_served_within_100_ms(first.url, second.url, codes[0], key):
             assert load.now() - promoted < 20, "invalidations never came back after failover"
@@ -246,6 +254,12 @@ async def test_redis_primary_killed_under_load_no_redirect_fails_and_invalidatio
         await asyncio.sleep(1.0)
         load.stop()
         await running
+        # The cache and the rate limits both moved to the new primary (one client factory):
+        # links created since are in it, and the per-key count of creates went on there.
+        with redis.Redis(host="127.0.0.1", port=new) as promoted_server:
+            late = [o.code for o in load.of("create") if o.status == 201 and o.started > recovered]
+            assert late and all(promoted_server.exists(f"shortener:link:{c}") for c in late)
+            assert _create_counts(promoted_server) > counted_at_promotion
 
     redirects, creates = load.of("redirect"), load.of("create")
     assert new != old and redirects and creates
