@@ -65,7 +65,7 @@ class Settings:
     db_connect_timeout: float = 1.0
     db_statement_timeout: float = 1.0
     # The database URL is PgBouncer in transaction pooling mode: no session state survives a
-    # transaction, so no prepared statement cache, each query in a transaction of its own.
+    # transaction, so no prepared statement cache and no statement_timeout at connection start.
     db_transaction_pooling: bool = False
     redis_timeout: float = 0.05
     trusted_proxies: tuple[IPNetwork, ...] = field(default_factory=tuple)

@@ -18,12 +18,13 @@ import pytest
 import redis
 from psycopg import sql
 
-from devservices.ha import PostgresPair, SentinelGroup
+from devservices.ha import PgBouncer, PostgresPair, SentinelGroup
+from devservices.processes import free_port
 from shortener.app import STORE, create_app
 from shortener.auth import create_key
 from shortener.config import Settings
 from tests.contract import ContractClient
-from tests.services import AppInstanceFactory, keys_create
+from tests.services import AppInstanceFactory, PostgresServer, keys_create
 from tests.test_api import LINKS
 
 
@@ -337,3 +338,36 @@ async def test_postgres_primary_killed_and_standby_promoted_loses_no_acknowledge
             "acknowledged_creates": len(acknowledged),
         },
     )
+
+
+async def test_concurrent_requests_through_pgbouncer_sharing_two_server_connections(
+    postgres_server: PostgresServer, postgres_url: str, aiohttp_client: Callable[..., Any]
+) -> None:
+    """Transaction pooling at its tightest: two server connections for a pool of ten. Each of
+    asyncpg's prepare-then-execute pairs must stay on one of them (no "unnamed prepared
+    statement does not exist", no 500)."""
+    bouncer = PgBouncer(free_port(), postgres_server.port, pool_size=2)
+    bouncer.start()
+    try:
+        settings = Settings(
+            database_url=bouncer.url(postgres_url.rsplit("/", 1)[1]),
+            base_url="https://sho.rt",
+            db_transaction_pooling=True,
+        )
+        app = ContractClient(await aiohttp_client(create_app(settings)))
+        _, key = await create_key(app.app[STORE], "ops", admin=True)
+        headers = {"Authorization": f"Bearer {key}"}
+
+        async def create_and_read(n: int) -> tuple[int, int]:
+            body = {"url": f"https://example.com/{n}", "tags": ["load"]}
+            created = await app.post(LINKS, json=body, headers=headers)
+            code = created.json()["code"] if created.status == 201 else "none"
+            read = await app.get(f"{LINKS}/{code}", headers=headers)
+            return created.status, read.status
+
+        results = await asyncio.gather(*(create_and_read(n) for n in range(200)))
+        assert set(results) == {(201, 200)}
+        listed = await app.get(f"{LINKS}?limit=100&tag=load", headers=headers)
+        assert listed.status == 200 and len(listed.json()["items"]) == 100
+    finally:
+        bouncer.close()

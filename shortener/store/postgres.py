@@ -110,13 +110,7 @@ class PostgresStore:
         try:
             async with asyncio.timeout(deadline):
                 conn = await self._pool.acquire(timeout=self._settings.db_connect_timeout)
-                if self._settings.db_transaction_pooling:
-                    # asyncpg prepares and executes in two round trips; in a transaction
-                    # PgBouncer keeps both on the same server connection.
-                    async with conn.transaction():
-                        yield conn
-                else:
-                    yield conn
+                yield conn
         except _UNAVAILABLE as exc:
             if conn is not None and isinstance(exc, TimeoutError):
                 # No more waiting on a server that did not answer: not for the cancellation
