@@ -48,7 +48,7 @@ def test_served_routes_are_the_documented_operations(tmp_path: Path) -> None:
 DOMAIN = OPENAPI["components"]["schemas"]["BlockedDomainCreate"]["properties"]["domain"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=0, max_value=10**18 - 1))
 def test_every_cursor_the_api_gives_out_matches_the_document(link_id: int) -> None:
     cursor = encode_cursor(link_id)
@@ -56,13 +56,13 @@ def test_every_cursor_the_api_gives_out_matches_the_document(link_id: int) -> No
     assert decode_cursor(cursor) == link_id
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.from_regex(CURSOR["pattern"], fullmatch=True))
 def test_every_cursor_the_document_allows_is_taken(cursor: str) -> None:
     assert 0 <= decode_cursor(cursor) < 10**18  # leading zeros allowed: 004 is 4
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=40))
 def test_a_cursor_outside_the_document_is_refused(cursor: str) -> None:
     if re.fullmatch(CURSOR["pattern"], cursor):
@@ -72,7 +72,7 @@ def test_a_cursor_outside_the_document_is_refused(cursor: str) -> None:
     assert refused.value.status == 400
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.one_of(
         st.from_regex(DOMAIN["pattern"], fullmatch=True),
