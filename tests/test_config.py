@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from shortener.config import (
     Settings,
     parse_sentinel_url,
 )
+
+_COVERAGE = {name: value for name, value in os.environ.items() if name.startswith("COVERAGE_")}
 
 
 def test_defaults_are_the_embedded_setup() -> None:
@@ -121,7 +124,8 @@ def test_pool_min_above_max_is_refused() -> None:
 def test_serve_stops_with_one_line_naming_the_bad_setting(name: str, value: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "shortener", "serve", "--port", "1"],
-        env={"PATH": "/usr/bin:/bin", name: value},
+        # A bare environment but for coverage's own variables, so the test command measures it.
+        env={"PATH": "/usr/bin:/bin", **_COVERAGE, name: value},
         capture_output=True,
         text=True,
         timeout=30,
