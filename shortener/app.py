@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from shortener.auth import KeyRing
+from shortener.cache.known import KnownCodes
 from shortener.cache.l1 import L1Cache
 from shortener.cache.redis import redis_tier
 from shortener.cache.tiered import TieredCache
@@ -48,7 +49,11 @@ def create_app(settings: Settings) -> web.Application:
     store = make_store(settings)
     l1 = L1Cache(settings.l1_size, settings.l1_ttl, settings.l1_negative_ttl)
     l2 = redis_tier(settings, l1)
-    tiered = TieredCache(l1, l2, store)
+    known = None
+    if l2 is not None:
+        # Unknown codes answered without the store; the invalidation channel keeps it true.
+        known = l2.known = KnownCodes(store.codes)
+    tiered = TieredCache(l1, l2, store, known)
     visits = VisitRecorder(
         store,
         Classifier(settings.geoip_db, settings.trusted_proxies),
@@ -176,6 +181,8 @@ async def _invalidation_listener(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if l2.known is not None:
+        await l2.known.close()
     await l2.close()
 
 

@@ -34,7 +34,8 @@ REQUEST_DURATION = Histogram(
 )
 CACHE_LOOKUPS = Counter(
     "shortener_cache_lookups_total",
-    "Redirect lookups by the tier that answered (l1, l2, store) and result "
+    "Redirect lookups by the tier that answered (l1, l2, filter: the filter of known codes, "
+    "store) and result "
     "(hit: a link; negative: a cached unknown code; miss: the tier did not know).",
     ["tier", "result"],
 )

@@ -44,6 +44,10 @@ def _publish(
     publisher.count(
         lookups.labels("store", "negative"), ("store", "negative"), tiered.store_negatives
     )
+    if tiered.known is not None:
+        # Unknown codes the filter of known codes answered, sparing the store a query.
+        spared = tiered.known.spared
+        publisher.count(lookups.labels("filter", "negative"), ("filter", "negative"), spared)
     metrics.L1_ENTRIES.set(len(l1))
     l2 = tiered.l2
     if l2 is not None:

@@ -170,6 +170,40 @@ async def test_batch_create_replaces_cached_unknown_codes_everywhere(make_app: M
     assert (await reader.get("/bulk2")).headers["Location"] == "https://example.com/bulk2"
 
 
+async def test_unknown_codes_cost_the_store_nothing_and_new_codes_are_found(
+    make_app: MakeApp,
+) -> None:
+    writer, reader = await make_app(), await make_app()
+    await subscribed(writer, reader)
+    tiered = reader.app[TIERED]
+    assert tiered.known is not None
+
+    async def loaded() -> bool:
+        return bool(tiered.known and tiered.known.ready)
+
+    await until(loaded, "the reader loads the codes it knows")
+    scanner = {"X-Forwarded-For": "198.18.0.1"}
+    before = tiered.store_negatives
+    for n in range(20):
+        assert (await reader.get(f"/scan{n:03d}x", headers=scanner)).status == 404
+    # A false "maybe" of the filter would cost one query; twenty in a row cannot all be.
+    assert tiered.store_negatives - before < 3
+    assert tiered.known.spared >= 17
+    headers = await admin_headers(writer)
+    heard_before = received(reader)
+    made = await writer.post(
+        LINKS, json={"url": "https://example.com/n", "alias": "scan999x"}, headers=headers
+    )
+    assert made.status == 201
+
+    async def heard() -> bool:
+        return received(reader) > heard_before
+
+    # A new code is found once its invalidation arrives, as a changed one is.
+    await until(heard, "the reader hears of the new code")
+    assert (await reader.get("/scan999x")).status == 302
+
+
 async def test_l2_answers_misses_of_l1_and_the_store_is_asked_once(make_app: MakeApp) -> None:
     writer = await make_app()
     headers = await admin_headers(writer)
@@ -355,18 +389,32 @@ async def test_redis_hung_costs_three_timeouts_then_none(
 
 
 async def test_postgres_down_cached_links_redirect_others_503(
-    make_app: MakeApp, postgres_server: PostgresServer
+    make_app: MakeApp, postgres_server: PostgresServer, redis_url: str
 ) -> None:
     app = await make_app()
     l1_only = await make_app(l1_size=0)
     headers = await admin_headers(app)
     cached = (await app.post(LINKS, json={"url": "https://example.com/c"}, headers=headers)).json()
     assert (await app.get(f"/{cached['code']}")).status == 302
+    # A link in no cache at all: only the store knows it.
+    alias = {"url": "https://example.com/u", "alias": "NotCachedAnywhere"}
+    assert (await app.post(LINKS, json=alias, headers=headers)).status == 201
+    redis = aioredis.Redis.from_url(redis_url)
+    await redis.delete(KEY_PREFIX + "NotCachedAnywhere")
+    await redis.aclose()
+
+    async def loaded() -> bool:
+        known = app.app[TIERED].known
+        return bool(known and known.ready)
+
+    await until(loaded, "the app loads the codes it knows")
 
     postgres_server.kill()
     try:
         assert (await app.get(f"/{cached['code']}")).status == 302  # from L1
         assert (await l1_only.get(f"/{cached['code']}")).status == 302  # from L2
+        # A code never stored needs no store: the filter of known codes answers.
+        assert (await app.get("/NeverStoredAnywhere")).status == 404
         started = time.monotonic()
         uncached = await app.get("/NotCachedAnywhere")
         assert uncached.status == 503
@@ -404,6 +452,11 @@ async def test_postgres_hung_uncached_redirects_and_writes_get_503_at_once(
     assert (await app.get(f"/{cached['code']}")).status == 302
     breaker = app.app[STORE].breaker
     assert breaker is not None and not breaker.is_open
+    known = app.app[TIERED].known
+    assert known is not None
+    # Without the filter of known codes, as while the channel is down: every code not in a
+    # cache needs the store.
+    known.forget()
 
     with hung(postgres_server.pid):
         # The first calls wait for their timeout (each at most the statement timeout, 1 s,
@@ -725,8 +778,8 @@ def test_postgres_hung_under_traffic_uncached_answers_503_at_once(
     app_instance_factory: Any,
 ) -> None:
     """Every PostgreSQL process SIGSTOPped for 4 s under traffic through two instances of
-    two workers: cached links redirect, uncached ones and creates get 503 with Retry-After,
-    after the first few in well under the contract's second."""
+    two workers: cached links redirect, creates get 503 with Retry-After, after the first
+    few in well under the contract's second, and never-stored codes 404 without the store."""
     instances, key, cached = _two_instances_with_links(
         app_instance_factory, postgres_url, redis_url, {}, {}
     )
@@ -759,7 +812,11 @@ def test_postgres_hung_under_traffic_uncached_answers_503_at_once(
         settled_p99_ms=round(settled[int(len(settled) * 0.99)] * 1000, 1) if settled else None,
     )
     assert [a for a in during if a[0] == "cached" and a[3] != 302] == []
-    assert refused and {(a[3], a[4]) for a in refused} == {(503, "1")}
+    # Creates need the store: 503. A code no worker ever stored needs none: the filter of
+    # known codes answers 404 (a 503 only while a worker's filter is not loaded).
+    creates = {(a[3], a[4]) for a in refused if a[0] == "create"}
+    fresh = {a[3] for a in refused if a[0] == "uncached"}
+    assert creates == {(503, "1")} and fresh <= {404, 503}
     # The first calls of each worker wait for their timeout; none waits longer than the
     # 1 s contract (and a little for the client), and each worker's breaker opens after
     # three: from then on it refuses at once.

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from shortener.cache.breaker import Breaker
+from shortener.cache.known import KnownCodes
 from shortener.cache.l1 import L1Cache
 from shortener.config import SENTINEL_SCHEME, Settings, parse_sentinel_url
 from shortener.links.model import MISSING, Lookup, Target
@@ -73,6 +74,8 @@ class RedisTier:
         self._l1 = l1
         self.breaker = Breaker()
         self.subscribed = False
+        # The filter of known codes the channel keeps up to date, if there is one.
+        self.known: KnownCodes | None = None
         self._unpublished: dict[str, Target] = {}
         self._backlog = asyncio.Event()
         # Plain counters on the request path; metrics read them off it.
@@ -225,6 +228,8 @@ class RedisTier:
                     if self.subscribed:
                         log.warning("lost the invalidation channel: %r", exc)
                     self.subscribed = False
+                    if self.known is not None:
+                        self.known.forget()
                 finally:
                     await _close_quietly(pubsub)
                 await asyncio.sleep(_RETRY_INTERVAL)
@@ -251,7 +256,10 @@ class RedisTier:
         kind = message["type"]
         if kind == "message":
             self.invalidations_received += 1
-            self._l1.invalidate(message["data"].decode("utf-8", "replace"))
+            code = message["data"].decode("utf-8", "replace")
+            self._l1.invalidate(code)
+            if self.known is not None:
+                self.known.add(code)
         elif kind == "subscribe":
             # Messages published while we were not subscribed are lost for good (pub/sub is
             # at-most-once), so everything L1 holds may be stale: start it afresh.
@@ -259,6 +267,8 @@ class RedisTier:
             if len(self._l1):
                 self.flushes += 1
             self._l1.flush()
+            if self.known is not None:
+                self.known.refresh()  # after subscribing: nothing made since can be missed
             self.subscribed = True
             log.info("subscribed to invalidations; L1 flushed")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from shortener.cache.known import KnownCodes
 from shortener.cache.l1 import L1Cache
 from shortener.cache.redis import RedisTier
 from shortener.links.model import MISSING, Link, Lookup
@@ -11,16 +12,28 @@ from shortener.store import Store
 
 
 class TieredCache:
-    def __init__(self, l1: L1Cache, l2: RedisTier | None, store: Store) -> None:
+    def __init__(
+        self, l1: L1Cache, l2: RedisTier | None, store: Store, known: KnownCodes | None = None
+    ) -> None:
         self.l1 = l1
         self.l2 = l2
         self._store = store
+        # Every code the store holds, told by the invalidation channel: only with Redis.
+        self.known = known if l2 is not None else None
         self._inflight: dict[str, asyncio.Task[Lookup]] = {}
         self.store_hits = 0
         self.store_negatives = 0
 
     async def load(self, code: str) -> Lookup:
         """The target for a code that L1 does not hold; concurrent misses share one lookup."""
+        known = self.known
+        # A code no worker ever stored is unknown without asking Redis or the store. Only
+        # while the channel is up: it is how codes stored elsewhere reach the filter (a new
+        # code is found once its invalidation arrives, as a changed one is).
+        if known is not None and known.surely_unknown(code) and self.l2 is not None and self.l2.up:
+            known.spared += 1
+            self.l1.put(code, MISSING, self.l1.epoch)
+            return MISSING
         task = self._inflight.get(code)
         if task is None:
             task = asyncio.ensure_future(self._fetch(code, self.l1.epoch))
@@ -57,5 +70,7 @@ class TieredCache:
         """changed() for many links, with one Redis round trip for them all."""
         for link in links:
             self.l1.invalidate(link.code)
+            if self.known is not None:
+                self.known.add(link.code)
         if self.l2 is not None:
             await self.l2.changed_many([(link.code, link.target()) for link in links])

@@ -313,6 +313,14 @@ class PostgresStore:
             row = await conn.fetchrow(f"SELECT {_LINK_COLUMNS} FROM links WHERE code = $1", code)
         return _link(row) if row else None
 
+    async def codes(self) -> list[str]:
+        # Read in the background, and a large table takes longer than a request's statement
+        # may: unguarded, with a timeout of its own.
+        async with self._connection("codes", guarded=False) as conn, conn.transaction():
+            await conn.execute("SET LOCAL statement_timeout = '60s'")
+            rows = await conn.fetch("SELECT code FROM links", timeout=60)
+        return [row[0] for row in rows]
+
     async def update_link(self, code: str, changes: LinkChanges, now: datetime) -> Link | None:
         values = changes.values
         flags_and_values: list[Any] = []

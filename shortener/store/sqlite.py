@@ -230,6 +230,10 @@ class SqliteStore:
             row = await cursor.fetchone()
         return _link(row) if row else None
 
+    async def codes(self) -> list[str]:
+        async with self.db.execute("SELECT code FROM links") as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
     async def update_link(self, code: str, changes: LinkChanges, now: datetime) -> Link | None:
         params: list[Any] = []
         for name in _CHANGEABLE:
