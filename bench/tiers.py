@@ -878,12 +878,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def check_machine() -> None:
-    tools = ("wrk", "taskset", "runuser", "redis-server")
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing or not (redirect.POSTGRES_BIN / "postgres").exists():
-        raise BenchError(f"missing tools: {missing or [str(redirect.POSTGRES_BIN / 'postgres')]}")
-    if not {int(CLIENT_CPU), int(SERVER_CPU)} <= os.sched_getaffinity(0):
-        raise BenchError(f"needs CPUs {CLIENT_CPU} and {SERVER_CPU} to pin wrk and the servers")
+    """The same tools and CPUs as the redirect benchmark."""
+    redirect.check_machine()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
