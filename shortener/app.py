@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from aiohttp import web
 
@@ -43,6 +43,9 @@ L1 = web.AppKey("l1", L1Cache)
 TIERED = web.AppKey("tiered", TieredCache)
 VISITS = web.AppKey("visits", VisitRecorder)
 LIMITER = web.AppKey("limiter", RateLimiter)
+# Seconds each step of shutdown (a close, a last flush, stopping a task) may take before it
+# is abandoned; the steps together stay within gunicorn's graceful_timeout (20 s).
+CLOSE_TIMEOUT = 3.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -134,23 +137,21 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await open_store(store)
     await store.migrate()
     yield
-    await store.close()
+    await bounded("closing the store", store.close())
 
 
 async def _limiter_lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[LIMITER].close()
+    await bounded("closing the rate limiter's Redis client", app[LIMITER].close())
 
 
 async def _visit_flusher(app: web.Application) -> AsyncIterator[None]:
     visits = app[VISITS]
     task = asyncio.create_task(visits.run())
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await bounded("stopping the visit flusher", _cancelled(task))
     try:
-        await visits.drain()
+        await bounded("writing the buffered visits and clicks", visits.drain())
     except StoreUnavailable as exc:
         log.error("visits and clicks lost at shutdown, store unavailable: %s", exc)
     visits.close()
@@ -159,18 +160,14 @@ async def _visit_flusher(app: web.Application) -> AsyncIterator[None]:
 async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(sync_metrics(app[TIERED], app[VISITS], app[STORE]))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await bounded("stopping the metrics sync", _cancelled(task))
 
 
 async def _readiness_probes(ops: Operations) -> AsyncIterator[None]:
     await ops.refresh()
     task = asyncio.create_task(ops.keep_refreshing())
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await bounded("stopping the readiness probes", _cancelled(task))
 
 
 async def _invalidation_listener(app: web.Application) -> AsyncIterator[None]:
@@ -178,12 +175,29 @@ async def _invalidation_listener(app: web.Application) -> AsyncIterator[None]:
     assert l2 is not None
     task = asyncio.create_task(l2.listen())
     yield
+    await bounded("stopping the invalidation listener", _cancelled(task))
+    if l2.known is not None:
+        await bounded("closing the known-codes filter", l2.known.close())
+    await bounded("closing the Redis clients", l2.close())
+
+
+async def bounded(step: str, work: Awaitable[None]) -> None:
+    """Runs one step of shutdown for at most CLOSE_TIMEOUT seconds, then abandons it with an
+    error logged, so that shutdown always ends; its own errors propagate. Not wait_for: that
+    waits for the cancelled work to end, which work stuck on a frozen server may never do."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+    if not done:
+        task.cancel()
+        log.error("shutdown: %s took over %g s; abandoned", step, CLOSE_TIMEOUT)
+        return
+    task.result()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    if l2.known is not None:
-        await l2.known.close()
-    await l2.close()
 
 
 async def open_store(store: Store, max_delay: float = 10.0) -> None:

@@ -86,8 +86,11 @@ def _publish(
 async def _store_answers(store: Store) -> int:
     from shortener.errors import StoreUnavailable
 
+    # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation that
+    # arrives as the ping ends, and this loop then outlives shutdown, which awaits it.
     try:
-        await asyncio.wait_for(store.ping(), 1.0)
+        async with asyncio.timeout(1.0):
+            await store.ping()
     except (StoreUnavailable, TimeoutError):
         return 0
     return 1

@@ -53,6 +53,8 @@ _SERVER_LOST = (
     # ended left asyncpg's protocol in a state it cannot use.
     asyncpg.InternalClientError,
 )
+# Seconds Pool.close() may wait for connections in use before they are dropped.
+CLOSE_GRACE = 2.0
 _UNAVAILABLE = (*_SERVER_LOST, asyncio.TimeoutError, asyncpg.QueryCanceledError)
 # A server that answers at once that it is not the primary: no call waits on it, so the
 # breaker does not count it (and the pool finds the primary on the next call).
@@ -88,10 +90,18 @@ class PostgresStore:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
     async def close(self) -> None:
+        """Closes the pool gracefully, or after CLOSE_GRACE seconds at once: a connection
+        held by stuck work would keep Pool.close() waiting forever."""
         await self.breaker.close()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        closing = asyncio.ensure_future(pool.close())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_GRACE)
+        if closing in done and closing.exception() is None:
+            return
+        closing.cancel()
+        pool.terminate()
 
     @asynccontextmanager
     async def _connection(
@@ -100,7 +110,8 @@ class PostgresStore:
         """A pooled connection for one operation. Guarded (all but migrations and the
         breaker's probe): refused at once while the breaker is open, and given at most the
         statement timeout in all, so that a hung server cannot hold a caller longer."""
-        if self._pool is None:
+        pool = self._pool  # close() may drop it meanwhile; this connection goes back here
+        if pool is None:
             raise StoreUnavailable("the store is not open")
         if guarded:
             self.breaker.check()
@@ -109,7 +120,7 @@ class PostgresStore:
         conn = None
         try:
             async with asyncio.timeout(deadline):
-                conn = await self._pool.acquire(timeout=self._settings.db_connect_timeout)
+                conn = await pool.acquire(timeout=self._settings.db_connect_timeout)
                 yield conn
         except _UNAVAILABLE as exc:
             if conn is not None and isinstance(exc, TimeoutError):
@@ -117,7 +128,7 @@ class PostgresStore:
                 # of the query, not for a reset. The pool opens a new connection instead.
                 conn.terminate()
             if isinstance(exc, _SERVER_LOST):
-                await self._pool.expire_connections()
+                await pool.expire_connections()
             if guarded and not isinstance(exc, _NOT_PRIMARY):
                 self.breaker.failed(exc)
             raise StoreUnavailable(f"PostgreSQL is unavailable: {exc!r}") from exc
@@ -126,7 +137,7 @@ class PostgresStore:
                 self.breaker.succeeded()
         finally:
             if conn is not None:
-                await self._pool.release(conn)
+                await pool.release(conn)
             DB_QUERY_DURATION.labels(operation).observe(time.perf_counter() - started)
 
     async def _probe(self) -> None:

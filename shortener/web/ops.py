@@ -79,7 +79,8 @@ class Operations:
 
     async def _probe_store(self) -> bool:
         try:
-            await asyncio.wait_for(self._store.ping(), self._probe_timeout)
+            async with asyncio.timeout(self._probe_timeout):  # not wait_for: see telemetry.py
+                await self._store.ping()
         except (StoreUnavailable, TimeoutError):
             return False
         return True
