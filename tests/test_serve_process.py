@@ -25,7 +25,7 @@ def _sqlite(tmp_path: Path) -> dict[str, str]:
     return {"SHORTENER_DATABASE_URL": f"sqlite:///{tmp_path / 'shortener.db'}"}
 
 
-def _accept_queue(port: int) -> int:
+def accept_queue(port: int) -> int:
     """The listening socket's backlog: Send-Q of `ss -ltn` for a socket in LISTEN."""
     out = subprocess.run(
         ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True, timeout=10
@@ -39,12 +39,12 @@ def test_serve_listens_with_gunicorns_default_backlog(
     app_instance_factory: AppInstanceFactory, tmp_path: Path, workers: int
 ) -> None:
     instance = app_instance_factory(_sqlite(tmp_path), workers=workers)
-    assert _accept_queue(instance.port) == min(2048, SOMAXCONN) >= 1024
+    assert accept_queue(instance.port) == min(2048, SOMAXCONN) >= 1024
 
 
 def test_the_backlog_is_a_setting(app_instance_factory: AppInstanceFactory, tmp_path: Path) -> None:
     instance = app_instance_factory({**_sqlite(tmp_path), "SHORTENER_BACKLOG": "1500"}, workers=2)
-    assert _accept_queue(instance.port) == min(1500, SOMAXCONN)
+    assert accept_queue(instance.port) == min(1500, SOMAXCONN)
 
 
 def _get(url: str) -> int:

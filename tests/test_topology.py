@@ -28,6 +28,7 @@ import pytest
 
 from devservices.processes import hung
 from tests.services import PROJECT_ROOT, PostgresServer, RedisServer
+from tests.test_serve_process import accept_queue
 from tests.topology import Topology
 
 pytestmark = pytest.mark.slow
@@ -457,3 +458,61 @@ async def test_hung_redis_then_hung_postgres_cost_no_redirect(
     # Nothing but the store's outage failed a create.
     failed = [o for o in creates if not o.ok]
     assert all(store_hung <= o.started <= store_back + 1.5 for o in failed), failed
+
+
+OPEN_RATE = 400.0  # requests a second, sent on schedule whatever is still in flight
+OPEN_SECONDS = 6.0
+STALL = 2.0
+
+
+async def test_a_stalled_instance_costs_no_redirect_under_open_model_load(
+    topology: Topology,
+) -> None:
+    """The burst after a stall: an instance SIGSTOPped for 2 s (master and workers) while
+    redirects keep arriving on schedule, then SIGCONTed. Its kernel queues the connections
+    nginx opens meanwhile, up to the listen backlog, and the instance meets them all at once
+    when it resumes; with aiohttp's 128 that queue overflowed. No redirect may fail."""
+    assert all(accept_queue(instance.port) >= 1024 for instance in topology.instances)
+    codes = await _seed(topology)
+    rng = random.Random(11)
+    outcomes: list[tuple[float, int | None]] = []
+    connector = aiohttp.TCPConnector(limit=0)  # open model: no cap on requests in flight
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        asyncio.timeout(TEST_TIME_LIMIT),
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+    ):
+        started = time.monotonic()
+
+        async def redirect(due: float) -> None:
+            await asyncio.sleep(max(0.0, due - (time.monotonic() - started)))
+            try:
+                url = f"{topology.url}/{rng.choice(codes)}"
+                async with session.get(url, allow_redirects=False) as response:
+                    outcomes.append((due, response.status))
+            except (aiohttp.ClientError, TimeoutError):
+                outcomes.append((due, None))
+
+        requests = [
+            asyncio.create_task(redirect(n / OPEN_RATE))
+            for n in range(int(OPEN_RATE * OPEN_SECONDS))
+        ]
+        await asyncio.sleep(WARM_UP)
+        with hung(topology.instances[0].pid):
+            stalled = time.monotonic() - started
+            await asyncio.sleep(STALL)
+        await asyncio.gather(*requests)
+
+    failed = [(due, status) for due, status in outcomes if status != 302]
+    _report(
+        "stalled_instance_open_model",
+        {
+            "redirects": len(outcomes),
+            "failed": len(failed),
+            "stalled_at_s": round(stalled, 2),
+            "stall_s": STALL,
+            "rate": OPEN_RATE,
+        },
+    )
+    assert len(outcomes) == int(OPEN_RATE * OPEN_SECONDS)
+    assert failed == [], f"{len(failed)} redirects failed around the stall"
