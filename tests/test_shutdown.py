@@ -121,6 +121,10 @@ async def test_shutdown_ends_when_a_part_hangs(
     assert (await client.get("/healthz")).status == 200
     await asyncio.wait_for(client.close(), HANG)
     assert f"shutdown: {step} took over 0.2 s; abandoned" in caplog.text
+    # An abandoned store close leaves SQLite's threads running, and the test process could
+    # not exit: close it for real.
+    monkeypatch.undo()
+    await app[STORE].close()
 
 
 async def test_shutdown_ends_when_the_readiness_probes_ignore_cancellation(
