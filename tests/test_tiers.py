@@ -523,9 +523,14 @@ def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
     async def run() -> tuple[float, list[tuple[float, str]]]:
         connector = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=connector) as session:
-            warm = await asyncio.gather(*(poll(session) for _ in range(40)))
-            assert {location for _, location in warm} == {"https://example.com/old"}
-            before = await answered()
+            # Which worker accepts a connection is the kernel's choice, and one worker may
+            # take a whole burst: poll in bursts until each has answered (at most 10).
+            for _ in range(10):
+                warm = await asyncio.gather(*(poll(session) for _ in range(40)))
+                assert {location for _, location in warm} == {"https://example.com/old"}
+                before = await answered()
+                if {pid for pid, count in before.items() if count} == workers:
+                    break
             # Each worker answered, so each holds the old target in its L1.
             assert {pid for pid, count in before.items() if count} == workers, before
             async with session.patch(
@@ -536,11 +541,15 @@ def test_every_worker_of_another_instance_drops_the_old_target_within_100_ms(
                 assert response.status == 200
             written_at = time.monotonic()
             answers = []
-            while time.monotonic() - written_at < 0.5:
-                answers += await asyncio.gather(*(poll(session) for _ in range(4)))
-            after = await answered()
+            for _ in range(10):
+                started = time.monotonic()
+                while time.monotonic() - started < 0.5:
+                    answers += await asyncio.gather(*(poll(session) for _ in range(4)))
+                after = await answered()
+                if {pid for pid in workers if after.get(pid, 0) > before[pid]} == workers:
+                    break
             # Each worker answered after the write too, so each was checked.
-            assert {pid for pid in workers if after[pid] > before[pid]} == workers, after
+            assert {pid for pid in workers if after.get(pid, 0) > before[pid]} == workers, after
             return written_at, answers
 
     written_at, answers = asyncio.run(run())
