@@ -1,0 +1,132 @@
+"""Visit analytics as real processes see them: `shortener serve` with two gunicorn workers on
+PostgreSQL, killed with SIGKILL mid-traffic."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import AppInstance, AppInstanceFactory, keys_create
+from tests.test_visits import CURL, FIREFOX_LINUX, SAFARI_IPHONE
+
+pytestmark = pytest.mark.slow
+
+FLUSH_INTERVAL = 1.0
+USER_AGENTS = (FIREFOX_LINUX, SAFARI_IPHONE, CURL)  # two visits and a bot, in turn
+WAIT = 30.0  # for a flush to show, at most
+
+
+def _call(
+    instance: AppInstance, method: str, path: str, headers: dict[str, str], body: Any = None
+) -> tuple[int, Any]:
+    """One request on a connection of its own, so the kernel spreads them over the workers."""
+    connection = http.client.HTTPConnection(instance.host, instance.port, timeout=10)
+    try:
+        sent = {"Connection": "close", **headers}
+        payload = None if body is None else json.dumps(body)
+        if payload is not None:
+            sent["Content-Type"] = "application/json"
+        connection.request(method, path, body=payload, headers=sent)
+        reply = connection.getresponse()
+        data = reply.read()
+        kind = reply.getheader("Content-Type") or ""
+        return reply.status, json.loads(data) if "json" in kind and data else None
+    finally:
+        connection.close()
+
+
+def _redirects(instance: AppInstance, codes: list[str], rounds: int) -> dict[str, Sent]:
+    """`rounds` redirects of every code, User-Agents in turn; the visits and bots sent."""
+    sent = {code: Sent() for code in codes}
+    for number in range(rounds):
+        for code in codes:
+            user_agent = USER_AGENTS[number % len(USER_AGENTS)]
+            status, _ = _call(instance, "GET", f"/{code}", {"User-Agent": user_agent})
+            assert status == 302
+            if user_agent == CURL:
+                sent[code].bots += 1
+            else:
+                sent[code].visits += 1
+    return sent
+
+
+@dataclasses.dataclass
+class Sent:
+    visits: int = 0
+    bots: int = 0
+
+    @property
+    def clicks(self) -> int:
+        return self.visits + self.bots
+
+
+def _stored(instance: AppInstance, key: str, codes: list[str]) -> dict[str, tuple[int, int, int]]:
+    """(clicks, visits, bots) of each code, as the store holds them."""
+    auth = {"Authorization": f"Bearer {key}"}
+    result = {}
+    for code in codes:
+        status, link = _call(instance, "GET", f"/api/v1/links/{code}", auth)
+        assert status == 200
+        status, stats = _call(instance, "GET", f"/api/v1/links/{code}/stats", auth)
+        assert status == 200
+        result[code] = (link["clicks"], stats["visits"], stats["bots"])
+    return result
+
+
+def test_kill_9_loses_at_most_what_came_after_the_last_flush(
+    app_instance_factory: AppInstanceFactory, postgres_url: str, tmp_path: Path
+) -> None:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    env = {
+        "SHORTENER_DATABASE_URL": postgres_url,
+        "SHORTENER_CLICK_FLUSH_INTERVAL": str(FLUSH_INTERVAL),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+    }
+    instance = app_instance_factory(env, workers=2)
+    key = keys_create(env, "owner")
+    codes = []
+    for number in range(3):
+        status, link = _call(
+            instance,
+            "POST",
+            "/api/v1/links",
+            {"Authorization": f"Bearer {key}"},
+            {"url": f"https://example.com/{number}"},
+        )
+        assert status == 201
+        codes.append(link["code"])
+
+    before = _redirects(instance, codes, rounds=20)
+    # Longer than a flush interval: until the store holds all of them, each worker having
+    # flushed what it took (waited for, at most WAIT seconds, never timed).
+    deadline = time.monotonic() + WAIT
+    while True:
+        stored = _stored(instance, key, codes)
+        if all(
+            stored[code] == (sent.clicks, sent.visits, sent.bots) for code, sent in before.items()
+        ):
+            break
+        assert time.monotonic() < deadline, f"{stored} not flushed after {WAIT} s: {before}"
+        time.sleep(FLUSH_INTERVAL / 4)
+    after = _redirects(instance, codes, rounds=20)
+    workers = instance.worker_pids()
+    assert len(workers) == 2
+
+    instance.kill()  # SIGKILL to the master and both workers at once
+    instance.start()
+    assert not set(workers) & set(instance.worker_pids())
+
+    stored = _stored(instance, key, codes)
+    for code in codes:
+        clicks, visits, bots = stored[code]
+        assert visits + bots == clicks, (code, stored[code])
+        # Everything flushed before the kill is there, and nothing counted twice.
+        assert before[code].visits <= visits <= before[code].visits + after[code].visits, code
+        assert before[code].bots <= bots <= before[code].bots + after[code].bots, code
