@@ -31,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,8 @@ from devservices.redis import REDIS_SERVER, RedisServer
 INSTANCES = 3
 WORKERS = 2
 REDIRECT_ROUTE = "/{code}"
+# nginx.conf's upstream: what upstream_addr names when no instance was left to try.
+UPSTREAM = "shortener"
 _REQUEST_COUNT = "shortener_http_request_duration_seconds_count"
 
 
@@ -189,6 +193,32 @@ class Topology:
                 if line.endswith("\n"):  # a line still being written is left for next time
                     entries.append(json.loads(line))
         return entries
+
+    def upstream_failures(self) -> Counter[str]:
+        """nginx's failed tries of an instance so far, from its access log (its error log, at
+        crit, has none): "connect error" (refused or reset before connecting: 502),
+        "connect timeout" (504 before connecting) and "no live upstreams" (every instance
+        resting after max_fails)."""
+        failures: Counter[str] = Counter()
+        for entry in self.access_log():
+            tries = zip(
+                _tries(entry["upstream_addr"]),
+                _tries(entry["upstream_status"]),
+                _tries(entry["upstream_connect_time"]),
+                strict=True,
+            )
+            for address, status, connect_time in tries:
+                if address == UPSTREAM:
+                    failures["no live upstreams"] += 1
+                elif connect_time == "-" and status in ("502", "504"):
+                    failures["connect timeout" if status == "504" else "connect error"] += 1
+        return failures
+
+
+def _tries(field: str) -> list[str]:
+    """One value per upstream tried: nginx separates them by ", " (and by " : " across an
+    internal redirect)."""
+    return re.split(r", | : ", field) if field else []
 
 
 def _address(instance: AppInstance) -> str:

@@ -209,8 +209,8 @@ class Outcome:
     served_after_restart: int
     # Accept-queue overflows on this machine in each phase (TcpExt ListenOverflows).
     overflows: dict[str, int]
-    # nginx's error log: connects to an instance that timed out, and requests that found no
-    # instance left to try (all resting after max_fails).
+    # From nginx's access log: connects to an instance that timed out, and tries that found
+    # no instance left to try (all resting after max_fails).
     connect_timeouts: int
     no_live_upstreams: int
 
@@ -249,14 +249,14 @@ def run_chaos(plan: Plan, workdir: Path, app_env: Mapping[str, str]) -> Outcome:
                 # Whatever happened, leave both up, so that teardown is a clean stop.
                 redis.start()
                 topo.restart(VICTIM)
-            errors = topo.nginx.log_path.read_text(errors="replace")
+            failures = topo.upstream_failures()
             return Outcome(
                 run=run,
                 actions=actions,
                 served_after_restart=topo.served(VICTIM),
                 overflows=chaos.overflows,
-                connect_timeouts=errors.count("upstream timed out (110: Connection timed out)"),
-                no_live_upstreams=errors.count("no live upstreams"),
+                connect_timeouts=failures["connect timeout"],
+                no_live_upstreams=failures["no live upstreams"],
             )
     finally:
         redis.close()

@@ -1,19 +1,32 @@
 """Visit analytics as real processes see them: `shortener serve` with two gunicorn workers on
-PostgreSQL, killed with SIGKILL mid-traffic."""
+PostgreSQL killed with SIGKILL mid-traffic, and what nginx and the app write about a visitor."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import http.client
 import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from devservices.topology import Topology
+from shortener.config import Settings
 from tests.services import AppInstance, AppInstanceFactory, keys_create
-from tests.test_visits import CURL, FIREFOX_LINUX, SAFARI_IPHONE
+from tests.test_burst import OPS_BURST
+from tests.test_visits import (
+    CURL,
+    FIREFOX_LINUX,
+    SAFARI_IPHONE,
+    SECRET_PATH,
+    SECRET_QUERY,
+    SECRET_UA,
+    _everything_stored,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +143,77 @@ def test_kill_9_loses_at_most_what_came_after_the_last_flush(
         # Everything flushed before the kill is there, and nothing counted twice.
         assert before[code].visits <= visits <= before[code].visits + after[code].visits, code
         assert before[code].bots <= bots <= before[code].bots + after[code].bots, code
+
+
+# A client of its own on loopback (nginx leaves 127.0.0.1, the host itself, unlimited, and
+# 127.0.0.1 names the upstreams in nginx's logs too), and an X-Forwarded-For it makes up.
+CLIENT = "127.88.77.66"
+SPOOFED = "198.51.100.23"
+
+
+def _from_client(url: str, path: str, headers: dict[str, str] | None = None) -> int:
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    connection = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=10, source_address=(CLIENT, 0)
+    )
+    try:
+        connection.request("GET", path, headers={"Connection": "close", **(headers or {})})
+        reply = connection.getresponse()
+        reply.read()
+        return reply.status
+    finally:
+        connection.close()
+
+
+def test_no_log_or_store_keeps_a_client_address_user_agent_or_referer_path(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "topology"
+    with Topology.start(
+        workdir, database_url=postgres_url, redis_url=redis_url, instances=2, workers=1
+    ) as topology:
+        admin = {"Authorization": f"Bearer {topology.admin_key}"}
+        instance = topology.instances[0]
+        status, link = _call(
+            instance, "POST", "/api/v1/links", admin, {"url": "https://example.com/private"}
+        )
+        assert status == 201
+        code = link["code"]
+        secrets = {
+            "User-Agent": SECRET_UA,
+            "Referer": f"https://Ref.Example/{SECRET_PATH}?{SECRET_QUERY}",
+            "X-Forwarded-For": SPOOFED,
+        }
+        assert _from_client(topology.url, f"/{code}", secrets) == 302
+        # nginx's limit on the health endpoints rejects a burst of probes from one address.
+        statuses = []
+        for _ in range(3 * OPS_BURST):
+            statuses.append(_from_client(topology.url, "/healthz", secrets))
+            if statuses[-1] == 429:
+                break
+        assert statuses[-1] == 429, statuses
+        # Every instance down: nginx's connects are refused, then it has none left to try.
+        for index in range(len(topology.instances)):
+            topology.kill(index)
+        answers = [_from_client(topology.url, f"/{code}", secrets) for _ in range(6)]
+        assert set(answers) == {502}, answers
+        failures = topology.upstream_failures()
+        assert failures["connect error"] >= 2 and failures["no live upstreams"] >= 1, failures
+        entries = topology.access_log()
+        stored = asyncio.run(_everything_stored(Settings(database_url=postgres_url), redis_url))
+
+    rejected = [e for e in entries if e["status"] == 429 and e["limit_req"] == "REJECTED"]
+    assert rejected and not rejected[0]["upstream_addr"], entries
+    assert {e["client_network"] for e in entries if e["uri"] != "/api/v1/links"} == {
+        "127.88.77.0/24"
+    }
+    logs = [*workdir.glob("nginx/*/*.log"), *workdir.glob("apps/*.log")]
+    assert {path.name for path in logs} >= {"access.log", "error.log"}
+    text = "\n".join(path.read_text(errors="replace") for path in logs)
+    assert "client: " not in text  # no line of nginx's error log names any client
+    for secret in (CLIENT, ".77.66", SPOOFED, SECRET_UA, "unique-ua-7f3a9c", SECRET_PATH):
+        assert secret not in text, f"{secret!r} is logged"
+        assert secret.encode() not in stored, f"{secret!r} is stored"
+    assert SECRET_QUERY not in text and SECRET_QUERY.encode() not in stored
+    assert code.encode() in stored and "127.88.77.0/24" in text  # the searches see the rest
