@@ -497,6 +497,10 @@ async def test_nothing_stored_holds_an_address_a_user_agent_or_a_referer_path(
     referer = f"https://Ref.Example/{SECRET_PATH}?{SECRET_QUERY}"
     for _ in range(3):
         await visit(app, link["code"], SECRET_UA, referer, **{"X-Forwarded-For": SECRET_IP})
+    # Unknown codes are counted per client address in Redis, to slow down scanners.
+    assert (
+        await visit(app, "NoSuchCode", SECRET_UA, referer, **{"X-Forwarded-For": SECRET_IP}) == 404
+    )
     await written(app)
     stats = (await app.get(stats_path(link["code"]), headers=headers)).json()
     assert stats["referrers"] == [{"value": "ref.example", "visits": 3}]

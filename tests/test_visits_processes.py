@@ -186,6 +186,8 @@ def test_no_log_or_store_keeps_a_client_address_user_agent_or_referer_path(
             "X-Forwarded-For": SPOOFED,
         }
         assert _from_client(topology.url, f"/{code}", secrets) == 302
+        # Counted per client in Redis, to slow down scanners of codes.
+        assert _from_client(topology.url, "/NoSuchCode", secrets) == 404
         # nginx's limit on the health endpoints rejects a burst of probes from one address.
         statuses = []
         for _ in range(3 * OPS_BURST):

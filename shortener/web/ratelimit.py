@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import math
+import secrets
 import time
 from typing import cast
 
@@ -19,6 +21,17 @@ from shortener.errors import rate_limited
 
 _WINDOW_MS = 60_000
 _KEY_PREFIX = "shortener:limit:"
+# Redis never holds a client's address: a key names the keyed hash of what it counts under,
+# with a random salt that every instance shares through Redis, replaced once a day (when it
+# expires, the first process to miss it sets a new one) and re-read by each process every
+# minute, so the instances agree again within a minute of a change.
+_SALT_KEY = "shortener:limit-salt"
+_SALT_SECONDS = 86_400
+_SALT_REREAD = 60.0
+_SALT_OR_NEW = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+return redis.call('GET', KEYS[1])
+"""
 # A fixed one-minute window per key: ARGV[2] events counted, the count, and how long until
 # the window starts afresh.
 _COUNT_IN_WINDOW = """
@@ -36,6 +49,9 @@ class RateLimiter:
             self._client = connect(redis_url, timeout=timeout, connect_timeout=timeout)
             # EVALSHA: the script is sent once, not with every count.
             self._count = self._client.register_script(_COUNT_IN_WINDOW)
+            self._salt_or_new = self._client.register_script(_SALT_OR_NEW)
+        self._salt = b""
+        self._salt_read = -math.inf
         self._breaker = Breaker()
         self._local = _LocalBuckets()
 
@@ -56,7 +72,8 @@ class RateLimiter:
         if self._client is not None and self._breaker.allows():
             try:
                 reply = await self._count(
-                    keys=[f"{_KEY_PREFIX}{scope}:{key}"], args=[_WINDOW_MS, events]
+                    keys=[f"{_KEY_PREFIX}{scope}:{await self._pseudonym(key)}"],
+                    args=[_WINDOW_MS, events],
                 )
             except _ERRORS:
                 self._breaker.failed()
@@ -67,6 +84,16 @@ class RateLimiter:
                 return allowed, max(1, math.ceil(ttl_ms / 1000))
         # Redis is down: each process limits on its own, never not at all.
         return self._local.take(f"{scope}:{key}", per_minute, events)
+
+    async def _pseudonym(self, key: str) -> str:
+        """What Redis knows `key` by: its hash keyed with the shared salt."""
+        now = time.monotonic()
+        if now - self._salt_read >= _SALT_REREAD:
+            salt = await self._salt_or_new(
+                keys=[_SALT_KEY], args=[secrets.token_bytes(32), _SALT_SECONDS]
+            )
+            self._salt, self._salt_read = cast(bytes, salt), now
+        return hashlib.blake2b(key.encode(), key=self._salt, digest_size=16).hexdigest()
 
     async def close(self) -> None:
         if self._client is not None:
