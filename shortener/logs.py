@@ -34,6 +34,14 @@ _SECRETS = (
 )
 
 
+# aiohttp names the peer of a request it could not handle (behind nginx that is nginx, but
+# served directly it is the client) and quotes the raw header line it choked on, which may
+# be a whole User-Agent or Referer. No log line holds those (docs/ANALYTICS.md): the line is
+# kept without the address, and the quoted header with its name only.
+_NAMES_THE_PEER = {"Error handling request from %s": "Error handling request"}
+_QUOTED_HEADER = re.compile(r"""\bb(['"])([!#$%&'*+.^_`|~0-9A-Za-z-]+:)?.*?\1$""", re.MULTILINE)
+
+
 def redact(text: str) -> str:
     """``text`` with every credential it carries replaced by [redacted]."""
     for pattern, replacement in _SECRETS:
@@ -41,19 +49,28 @@ def redact(text: str) -> str:
     return text
 
 
+def _header_name_only(quoted: re.Match[str]) -> str:
+    quote, name = quoted[1], quoted[2]
+    return f"b{quote}{name + ' ' if name else ''}{REDACTED}{quote}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, with the request id of the request being served."""
 
     def format(self, record: logging.LogRecord) -> str:
+        without_peer = _NAMES_THE_PEER.get(str(record.msg))
         entry = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": redact(without_peer or record.getMessage()),
             "request_id": REQUEST_ID.get(),
         }
         if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
+            exception = self.formatException(record.exc_info)
+            if without_peer:
+                exception = _QUOTED_HEADER.sub(_header_name_only, exception)
+            entry["exception"] = redact(exception)
         return orjson.dumps(entry).decode()
 
 

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,14 @@ def test_no_log_or_store_keeps_a_client_address_user_agent_or_referer_path(
         assert _from_client(topology.url, f"/{code}", secrets) == 302
         # Counted per client in Redis, to slow down scanners of codes.
         assert _from_client(topology.url, "/NoSuchCode", secrets) == 404
+        # A request the app cannot parse, sent to it directly: aiohttp logs the peer and
+        # the raw header line it choked on.
+        with socket.create_connection(
+            (instance.host, instance.port), timeout=10, source_address=(CLIENT, 0)
+        ) as connection:
+            broken = f"Referer: {secrets['Referer']}\x01"
+            connection.sendall(f"GET /x HTTP/1.1\r\nHost: sho.rt\r\n{broken}\r\n\r\n".encode())
+            assert connection.recv(64).startswith(b"HTTP/1.0 400")
         # nginx's limit on the health endpoints rejects a burst of probes from one address.
         statuses = []
         for _ in range(3 * OPS_BURST):
