@@ -472,6 +472,8 @@ SECRET_UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/121.0 SecretAgent/unique-ua
 SECRET_PATH = "secret-path-91c4"
 SECRET_QUERY = "token=hunter2xyz"
 SECRET_IP = "203.0.113.77"
+# An IPv6 client is counted by its /64 in the rate limits: neither may be kept.
+SECRET_IP6, SECRET_NET6 = "2001:db8:5ec:7e7::77", "2001:db8:5ec:7e7"
 
 
 async def test_nothing_stored_holds_an_address_a_user_agent_or_a_referer_path(
@@ -495,16 +497,17 @@ async def test_nothing_stored_holds_an_address_a_user_agent_or_a_referer_path(
     headers = {"Authorization": f"Bearer {key}"}
     link = (await app.post(LINKS, json={"url": "https://example.com/p"}, headers=headers)).json()
     referer = f"https://Ref.Example/{SECRET_PATH}?{SECRET_QUERY}"
-    for _ in range(3):
-        await visit(app, link["code"], SECRET_UA, referer, **{"X-Forwarded-For": SECRET_IP})
-    # Unknown codes are counted per client address in Redis, to slow down scanners.
-    assert (
-        await visit(app, "NoSuchCode", SECRET_UA, referer, **{"X-Forwarded-For": SECRET_IP}) == 404
-    )
+    for address in (SECRET_IP, SECRET_IP, SECRET_IP, SECRET_IP6):
+        await visit(app, link["code"], SECRET_UA, referer, **{"X-Forwarded-For": address})
+        # Unknown codes are counted per client in Redis, to slow down scanners.
+        assert (
+            await visit(app, "NoSuchCode", SECRET_UA, referer, **{"X-Forwarded-For": address})
+            == 404
+        )
     await written(app)
     stats = (await app.get(stats_path(link["code"]), headers=headers)).json()
-    assert stats["referrers"] == [{"value": "ref.example", "visits": 3}]
-    assert stats["countries"] == [{"value": "DE", "visits": 3}]
+    assert stats["referrers"] == [{"value": "ref.example", "visits": 4}]
+    assert stats["countries"] == [{"value": "DE", "visits": 3}, {"value": "JP", "visits": 1}]
 
     stored = await _everything_stored(settings, redis_url)
     # The test server's access log is the harness's: served, the app runs with access_log=None
@@ -512,7 +515,8 @@ async def test_nothing_stored_holds_an_address_a_user_agent_or_a_referer_path(
     logged = "\n".join(
         record.getMessage() for record in caplog.records if record.name != "aiohttp.access"
     )
-    for secret in (SECRET_UA, "unique-ua-7f3a9c", SECRET_PATH, SECRET_QUERY, SECRET_IP):
+    secrets = (SECRET_UA, "unique-ua-7f3a9c", SECRET_PATH, SECRET_QUERY, SECRET_IP, SECRET_NET6)
+    for secret in secrets:
         assert secret.encode() not in stored, f"{secret!r} is stored"
         assert secret not in logged, f"{secret!r} is logged"
     assert b"ref.example" in stored  # the search does see what is stored
