@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from shortener.cache.tiered import TieredCache
 from shortener.errors import CodeTaken, DomainBlocked, Problem, conflict, not_found, unavailable
 from shortener.links import codes
+from shortener.links.grouping import CreateGroups
 from shortener.links.model import ApiKey, Link, LinkChanges, LinkFilter, NewLink
 from shortener.links.policy import DestinationPolicy, blocked_target
 from shortener.store import Inserted, Store
@@ -21,8 +22,14 @@ class LinkService:
         self._store = store
         self._cache = cache
         self._policy = policy
+        self._groups = CreateGroups(self._create_one, self.create_many)
 
     async def create(self, new: NewLink, owner: ApiKey | None) -> Link:
+        """One link; creates that arrive while others are written are written together,
+        as create_many() would (grouping.py)."""
+        return await self._groups.create(new, owner)
+
+    async def _create_one(self, new: NewLink, owner: ApiKey | None) -> Link:
         # The store checks its blocklist in the statement that writes the link.
         domains = self._policy.check_here(new.url, keyless=owner is None)
         owner_id = owner.id if owner else None
