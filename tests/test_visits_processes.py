@@ -94,8 +94,9 @@ def _stored(instance: AppInstance, key: str, codes: list[str]) -> dict[str, tupl
 
 
 def test_kill_9_loses_at_most_what_came_after_the_last_flush(
-    app_instance_factory: AppInstanceFactory, postgres_url: str, tmp_path: Path
+    postgres_url: str, app_instance_factory: AppInstanceFactory, tmp_path: Path
 ) -> None:
+    # postgres_url first: its database is dropped after the instance has stopped.
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     env = {
