@@ -8,11 +8,12 @@ import ipaddress
 import math
 import secrets
 import time
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 from cachetools import TTLCache
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
 
 from shortener.cache.breaker import Breaker
 from shortener.cache.redis import connect
@@ -40,19 +41,20 @@ if count == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {count, redis.call('PTTL', KEYS[1])}
 """
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# Counts sent in one pipeline at most; more wait for the next.
+_MAX_GROUP = 100
 
 
 class RateLimiter:
     def __init__(self, redis_url: str | None, timeout: float) -> None:
         self._client = None
+        self._breaker = Breaker()
         if redis_url is not None:
             self._client = connect(redis_url, timeout=timeout, connect_timeout=timeout)
-            # EVALSHA: the script is sent once, not with every count.
-            self._count = self._client.register_script(_COUNT_IN_WINDOW)
+            self._counts = _GroupedCounts(self._client, self._breaker)
             self._salt_or_new = self._client.register_script(_SALT_OR_NEW)
         self._salt = b""
         self._salt_read = -math.inf
-        self._breaker = Breaker()
         self._local = _LocalBuckets()
 
     async def check(self, scope: str, key: str, per_minute: int) -> None:
@@ -71,17 +73,15 @@ class RateLimiter:
         seconds until the rest would be."""
         if self._client is not None and self._breaker.allows():
             try:
-                reply = await self._count(
-                    keys=[f"{_KEY_PREFIX}{scope}:{await self._pseudonym(key)}"],
-                    args=[_WINDOW_MS, events],
-                )
+                pseudonym = await self._pseudonym(key)
             except _ERRORS:
                 self._breaker.failed()
             else:
-                self._breaker.succeeded()
-                count, ttl_ms = cast(list[int], reply)
-                allowed = max(0, min(events, per_minute - (count - events)))
-                return allowed, max(1, math.ceil(ttl_ms / 1000))
+                reply = await self._counts.count(f"{_KEY_PREFIX}{scope}:{pseudonym}", events)
+                if reply is not None:
+                    count, ttl_ms = reply
+                    allowed = max(0, min(events, per_minute - (count - events)))
+                    return allowed, max(1, math.ceil(ttl_ms / 1000))
         # Redis is down: each process limits on its own, never not at all.
         return self._local.take(f"{scope}:{key}", per_minute, events)
 
@@ -98,6 +98,69 @@ class RateLimiter:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+class _GroupedCounts:
+    """Counts sent to Redis together: while one pipeline of counts is out, the counts asked
+    for meanwhile wait and go as the next one. A busy worker pays one round trip a group,
+    not one a count; a count asked alone goes at once."""
+
+    def __init__(self, client: Redis, breaker: Breaker) -> None:
+        self._client = client
+        self._breaker = breaker
+        # EVALSHA: the script is sent once, not with every count.
+        self._script = client.register_script(_COUNT_IN_WINDOW)
+        self._waiting: list[tuple[str, int, asyncio.Future[tuple[int, int] | None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def count(self, key: str, events: int) -> tuple[int, int] | None:
+        """Counts `events` for `key`: the count in the window and the milliseconds until it
+        ends, or None when Redis could not be asked."""
+        counted: asyncio.Future[tuple[int, int] | None]
+        counted = asyncio.get_running_loop().create_future()
+        self._waiting.append((key, events, counted))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_groups())
+        return await counted
+
+    async def _send_groups(self) -> None:
+        group: list[tuple[str, int, asyncio.Future[tuple[int, int] | None]]] = []
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:_MAX_GROUP], self._waiting[_MAX_GROUP:]
+                replies = await self._send([(key, events) for key, events, _ in group])
+                for index, (_, _, counted) in enumerate(group):
+                    if not counted.done():
+                        counted.set_result(None if replies is None else replies[index])
+                group = []
+        finally:
+            self._sender = None
+            # Cancelled (the app is stopping): nobody may wait for a count that never comes.
+            for _, _, counted in group + self._waiting:
+                counted.cancel()
+            self._waiting = []
+
+    async def _send(self, counts: list[tuple[str, int]]) -> list[tuple[int, int]] | None:
+        try:
+            try:
+                replies = await self._pipeline(counts, by_digest=True)
+            except NoScriptError:
+                # Redis does not know the script (it restarted): its text once loads it again.
+                replies = await self._pipeline(counts, by_digest=False)
+        except _ERRORS:
+            self._breaker.failed()
+            return None
+        self._breaker.succeeded()
+        return [(int(count), int(ttl_ms)) for count, ttl_ms in replies]
+
+    async def _pipeline(self, counts: list[tuple[str, int]], by_digest: bool) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, events in counts:
+                if by_digest:
+                    pipe.evalsha(self._script.sha, 1, key, _WINDOW_MS, events)
+                else:
+                    pipe.eval(_COUNT_IN_WINDOW, 1, key, _WINDOW_MS, events)
+            return await pipe.execute()
 
 
 class _LocalBuckets:
