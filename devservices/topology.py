@@ -187,32 +187,42 @@ class Topology:
         """nginx's access log so far, one dict per request (nginx.conf's ``json`` format:
         ``request_id``, ``status``, ``upstream_addr`` with every address tried, ", "-separated,
         ``upstream_status`` likewise, ...)."""
-        entries = []
-        with self.nginx.access_log_path.open(encoding="utf-8") as log:
-            for line in log:
-                if line.endswith("\n"):  # a line still being written is left for next time
-                    entries.append(json.loads(line))
-        return entries
+        return access_log(self.nginx.access_log_path)
 
     def upstream_failures(self) -> Counter[str]:
-        """nginx's failed tries of an instance so far, from its access log (its error log, at
-        crit, has none): "connect error" (refused or reset before connecting: 502),
-        "connect timeout" (504 before connecting) and "no live upstreams" (every instance
-        resting after max_fails)."""
-        failures: Counter[str] = Counter()
-        for entry in self.access_log():
-            tries = zip(
-                _tries(entry["upstream_addr"]),
-                _tries(entry["upstream_status"]),
-                _tries(entry["upstream_connect_time"]),
-                strict=True,
-            )
-            for address, status, connect_time in tries:
-                if address == UPSTREAM:
-                    failures["no live upstreams"] += 1
-                elif connect_time == "-" and status in ("502", "504"):
-                    failures["connect timeout" if status == "504" else "connect error"] += 1
-        return failures
+        """nginx's failed tries of an instance so far: see :func:`upstream_failures`."""
+        return upstream_failures(self.access_log())
+
+
+def access_log(path: Path) -> list[dict[str, Any]]:
+    """An access log in nginx.conf's ``json`` format, one dict per request."""
+    entries = []
+    with path.open(encoding="utf-8") as log:
+        for line in log:
+            if line.endswith("\n"):  # a line still being written is left for next time
+                entries.append(json.loads(line))
+    return entries
+
+
+def upstream_failures(entries: list[dict[str, Any]]) -> Counter[str]:
+    """The failed tries of an upstream in these access log entries (nginx's error log, at crit,
+    has none): "connect error" (refused or reset before connecting: 502), "connect timeout"
+    (504 before connecting) and "no live upstreams" (every instance resting after
+    max_fails)."""
+    failures: Counter[str] = Counter()
+    for entry in entries:
+        tries = zip(
+            _tries(entry["upstream_addr"]),
+            _tries(entry["upstream_status"]),
+            _tries(entry["upstream_connect_time"]),
+            strict=True,
+        )
+        for address, status, connect_time in tries:
+            if address == UPSTREAM:
+                failures["no live upstreams"] += 1
+            elif connect_time == "-" and status in ("502", "504"):
+                failures["connect timeout" if status == "504" else "connect error"] += 1
+    return failures
 
 
 def _tries(field: str) -> list[str]:

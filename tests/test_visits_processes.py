@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from devservices.topology import Topology
+from devservices.topology import Topology, access_log, upstream_failures
 from shortener.config import Settings
-from tests.services import AppInstance, AppInstanceFactory, keys_create
+from tests.services import AppInstance, AppInstanceFactory, NginxFactory, free_port, keys_create
 from tests.test_burst import OPS_BURST
 from tests.test_visits import (
     CURL,
@@ -229,3 +229,21 @@ def test_no_log_or_store_keeps_a_client_address_user_agent_or_referer_path(
         assert secret.encode() not in stored, f"{secret!r} is stored"
     assert SECRET_QUERY not in text and SECRET_QUERY.encode() not in stored
     assert code.encode() in stored and "127.88.77.0/24" in text  # the searches see the rest
+
+
+def test_a_connect_timeout_is_counted_from_the_access_log(nginx_factory: NginxFactory) -> None:
+    """What the chaos run counts as connect timeouts, now that nginx's error log omits them:
+    an upstream whose accept queue is full drops the SYN, and nginx gives up after
+    proxy_connect_timeout (2 s)."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", free_port()))
+        full.listen(0)  # one connection fills the queue; nothing ever accepts it
+        with socket.create_connection(full.getsockname(), timeout=10):
+            host, port = full.getsockname()
+            nginx = nginx_factory.production([f"{host}:{port}"])
+            status = _from_client(nginx.url, "/AnyCode")
+    assert status == 504
+    entries = access_log(nginx.access_log_path)
+    assert [e["upstream_connect_time"] for e in entries] == ["-"]
+    assert upstream_failures(entries) == {"connect timeout": 1}
+    assert "client: " not in nginx.log_path.read_text()
