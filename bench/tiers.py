@@ -23,7 +23,8 @@ the way (SHORTENER_NOT_FOUND_PER_MINUTE), so the unknown codes never trip the sc
 Servers (PostgreSQL and Redis included) are pinned to CPU 1, wrk to CPU 0. Warm-up: every
 code of the mix once through (b), which puts them all into Redis (the unknown codes as
 unknown), then a few seconds of the mix through (b) and (c) and of the hot codes through
-(a). Rounds are interleaved: (a), (a) links only, (b), (d), (c), each for the same duration,
+(a). Each round starts once the 1-minute load average is under 1.0 (waiting up to
+--quiet-wait seconds). Rounds are interleaved: (a), (a) links only, (b), (d), (c), each for the same duration,
 connections and threads. Each (a) run follows a pass over every link of the mix through (a)
 (not the unknown codes: their negative entries are left to the mix), once everything its L1
 held has expired (L1 does not renew an entry on a read, so an older entry would expire
@@ -42,7 +43,7 @@ The table is printed and written as the section "## Tiered cache" of docs/BENCHM
 Every process it starts is stopped, by process group, on success, error, Ctrl-C or SIGTERM.
 
     python bench/tiers.py [--duration S] [--connections C] [--threads T] [--rounds N]
-                          [--warmup S] [--out docs/BENCHMARKS.md]
+                          [--warmup S] [--quiet-wait S] [--out docs/BENCHMARKS.md]
 
 About four minutes with the defaults.
 """
@@ -500,6 +501,7 @@ def measure(plan: Plan, processes: Processes, mix: Mix) -> dict[str, Measured]:
 
     duration = plan.wrk.duration
     for round_number in range(1, plan.wrk.rounds + 1):
+        load = redirect.wait_for_quiet(plan.wrk.quiet_wait)
         for name in ORDER:
             case = _case(name)
             meter, target = meters[case.app], targets[name]
@@ -513,7 +515,7 @@ def measure(plan: Plan, processes: Processes, mix: Mix) -> dict[str, Measured]:
             before = read_closing(meter)
             servers = {apps[case.app].pid, *shared}
             cpu_before = servers_cpu_seconds(servers)
-            run = run_wrk(target, plan.wrk, duration)
+            run = dataclasses.replace(run_wrk(target, plan.wrk, duration), load=load)
             cpu_used = servers_cpu_seconds(servers) - cpu_before
             meter.busy_until = time.monotonic()
             meter.pending = (name, before)
@@ -828,8 +830,10 @@ def section(
         "medians over the rounds, ratios to (d) the median of the per-round ratios; hit "
         "ratios from the app's /metrics over the measured runs: L1 hits = (hit + negative) / "
         "L1 lookups, L2 likewise, PostgreSQL = store lookups / redirects. CPU per request: "
-        "the app's, then the app's, Redis's and PostgreSQL's together. Load average (1 min) "
-        f"at start and end: {load}"
+        "the app's, then the app's, Redis's and PostgreSQL's together. Each round waits (up "
+        f"to {wrk.quiet_wait:.0f} s) for the 1-minute load average to fall under "
+        f"{redirect.QUIET_LOAD:.1f}; load average at each round's start: "
+        f"{redirect.loads_text(results['a'].figure.runs)}; at start and end: {load}"
     )
     versions = (
         f"Python {sys.version.split()[0]}, aiohttp {version('aiohttp')}, "
@@ -869,6 +873,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=WARMUP_SECONDS,
         help="seconds of the mix through (b) and (c) after a first pass over every code of it",
     )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=900.0,
+        help="seconds to wait, before each round, for the load average to fall under 1.0",
+    )
     parser.add_argument("--out", type=Path, default=redirect.ROOT / "docs" / "BENCHMARKS.md")
     parser.add_argument("--l1-memory-child", choices=("rss", "traced"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -887,7 +897,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.l1_memory_child is not None:
         print(json.dumps(fill_l1(args.l1_memory_child)))
         return 0
-    options = Options(args.duration, args.connections, args.threads, args.rounds, args.out)
+    options = Options(
+        args.duration, args.connections, args.threads, args.rounds, args.out, args.quiet_wait
+    )
     plan = Plan(options, args.warmup)
     command = shlex.join(["python", "bench/tiers.py", *(sys.argv[1:] if argv is None else argv)])
     signal.signal(signal.SIGTERM, redirect._raise_on_sigterm)
