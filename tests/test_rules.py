@@ -171,3 +171,16 @@ def test_cursor_decoder_never_passes_an_id_the_stores_cannot_hold(raw: str) -> N
         assert problem.status == 400
     else:
         assert 0 <= link_id <= MAX_LINK_ID
+
+
+@pytest.mark.parametrize("char", [chr(code) for code in [*range(0x21), 0x7F, 0x85, 0xA0, 0x200B]])
+def test_whitespace_and_control_characters_anywhere_are_refused(char: str) -> None:
+    for raw in (f"https://example.com/a{char}b", f"https://example.com/?q={char}"):
+        with pytest.raises(Problem) as raised:
+            parse_url(raw, OWN)
+        assert raised.value.errors[0].message == "must not contain whitespace or control characters"
+
+
+def test_every_other_printable_ascii_character_is_kept_in_a_path() -> None:
+    chars = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in "\\#?")
+    assert parse_url(f"https://example.com/{chars}", OWN) == f"https://example.com/{chars}"

@@ -7,6 +7,7 @@ suffix, or by carrying an IP literal in their labels) are recognised by their te
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -78,13 +79,26 @@ def is_private_host(host: str) -> bool:
 def is_same_host(host: str, own_host: str) -> bool:
     """Whether `host` reaches the service at `own_host`: the same name, the same address in
     any spelling, or this machine in any spelling when the service is on it."""
-    host, own_host = normalise_host(host), normalise_host(own_host)
-    if host == own_host:
+    own_name, own_address, own_is_this_machine = _own_host(own_host)
+    host = normalise_host(host)
+    if host == own_name:
         return True
-    address, own = as_ip(host), as_ip(own_host)
-    if address is not None and own is not None and _canonical(address) == _canonical(own):
+    address = as_ip(host)
+    if address is None:
+        return own_is_this_machine and _is_loopback_name(host)
+    canonical = _canonical(address)
+    if canonical == own_address:
         return True
-    return _is_this_machine(own_host) and _is_this_machine(host)
+    return own_is_this_machine and canonical in _THIS_MACHINE
+
+
+@functools.lru_cache(maxsize=8)
+def _own_host(own_host: str) -> tuple[str, IPAddress | None, bool]:
+    """The service's host, read once (it is the same for every create): its normalised
+    name, its canonical address if it is one, and whether it is this machine."""
+    name = normalise_host(own_host)
+    address = as_ip(name)
+    return name, _canonical(address) if address is not None else None, _is_this_machine(name)
 
 
 def _is_private_address(address: IPAddress) -> bool:
@@ -104,9 +118,12 @@ def _is_this_machine(host: str) -> bool:
     Other loopback addresses (127.0.0.2) are hosts of their own."""
     address = as_ip(host)
     if address is None:
-        return host in _LOOPBACK_NAMES or host.endswith(".localhost")
-    canonical = _canonical(address)
-    return canonical in _THIS_MACHINE
+        return _is_loopback_name(host)
+    return _canonical(address) in _THIS_MACHINE
+
+
+def _is_loopback_name(host: str) -> bool:
+    return host in _LOOPBACK_NAMES or host.endswith(".localhost")
 
 
 def _ipv4_in_labels(name: str) -> list[ipaddress.IPv4Address]:

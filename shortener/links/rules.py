@@ -116,7 +116,7 @@ def parse_url(raw: object, own_host: str) -> str:
         raise invalid("url", "must be a string")
     if len(raw) > MAX_URL_LENGTH:
         raise invalid("url", f"must be at most {MAX_URL_LENGTH} characters")
-    if any(char.isspace() or unicodedata.category(char) in {"Cc", "Cf"} for char in raw):
+    if _has_space_or_control(raw):
         raise invalid("url", "must not contain whitespace or control characters")
     if "\\" in raw:
         raise invalid("url", "must not contain backslashes")
@@ -151,6 +151,12 @@ def parse_url(raw: object, own_host: str) -> str:
     if len(url) > MAX_URL_LENGTH:
         raise invalid("url", f"must be at most {MAX_URL_LENGTH} characters once encoded")
     return url
+
+
+def _has_space_or_control(raw: str) -> bool:
+    if raw.isascii():  # the same test, without a lookup per character
+        return " " in raw or not raw.isprintable()
+    return any(char.isspace() or unicodedata.category(char) in {"Cc", "Cf"} for char in raw)
 
 
 def _ascii_host(host: str) -> str:
