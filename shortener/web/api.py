@@ -201,8 +201,7 @@ async def read_json(
     if max_bytes != request.client_max_size:
         request = request.clone(client_max_size=max_bytes)
     try:
-        async with asyncio.timeout(body_timeout):
-            raw = await request.read()
+        raw = await _read_body(request, body_timeout)
     except web.HTTPRequestEntityTooLarge:
         raise payload_too_large(max_bytes) from None
     except TimeoutError:
@@ -217,6 +216,13 @@ async def read_json(
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         raise bad_request("The body is not valid JSON.") from None
+
+
+async def _read_body(request: web.Request, body_timeout: float) -> bytes:
+    if request.content.is_eof():  # it has all arrived (usually with the head): no wait
+        return await request.read()
+    async with asyncio.timeout(body_timeout):
+        return await request.read()
 
 
 def payload_too_large(max_bytes: int) -> Problem:
