@@ -63,11 +63,22 @@ def test_homograph_host_is_kept_in_punycode() -> None:
 
 def test_a_generated_reserved_word_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
     # The CSPRNG spells "HealthZ" first (a reserved path in any case), then "abc1234".
-    letters = iter("HealthZ" + "abc1234")
-    monkeypatch.setattr(codes.secrets, "choice", lambda alphabet: next(letters))
+    draws = iter(
+        [bytes(codes.ALPHABET.index(char) for char in code) for code in ("HealthZ", "abc1234")]
+    )
+    monkeypatch.setattr(codes.secrets, "token_bytes", lambda size: next(draws))
     assert codes.is_reserved("HealthZ")
     assert codes.generate() == "abc1234"
-    assert next(letters, None) is None
+    assert next(draws, None) is None
+
+
+def test_generated_characters_are_drawn_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bytes from 248 up would favour the first 8 characters: they are drawn again.
+    # Byte n below 248 is character n % 62: 0 and 62 are "a", 61, 247 and 123 are "9".
+    draws = iter([bytes([248, 255, 0, 61, 62, 247, 123, 249, 1]), bytes([2, 250, 3])])
+    monkeypatch.setattr(codes.secrets, "token_bytes", lambda size: next(draws))
+    assert codes.generate() == "a9a99bc"
+    assert next(draws, None) is None
 
 
 @settings(max_examples=400, deadline=None)

@@ -40,6 +40,21 @@ def is_reserved(candidate: str) -> bool:
 def generate(length: int = GENERATED_LENGTH) -> str:
     """A code from the OS's CSPRNG: 62**7 is about 3.5e12 codes, so guessing is hopeless."""
     while True:
-        code = "".join(secrets.choice(ALPHABET) for _ in range(length))
+        code = _draw(length)
         if not is_reserved(code):
             return code
+
+
+# Bytes below this fall on every character of the alphabet equally often (4 x 62); the rest
+# are drawn again, so that no character is likelier than another.
+_EVEN_BELOW = 256 - 256 % len(ALPHABET)
+
+
+def _draw(length: int) -> str:
+    """`length` characters of the alphabet, uniformly, from one read of the CSPRNG (a few
+    spare bytes cover the rare ones drawn again), not one read a character."""
+    chars: list[str] = []
+    while len(chars) < length:
+        randoms = secrets.token_bytes(length + 2)
+        chars += [ALPHABET[byte % len(ALPHABET)] for byte in randoms if byte < _EVEN_BELOW]
+    return "".join(chars[:length])
