@@ -262,7 +262,8 @@ class PostgresPair:
 class PgBouncer(Service):
     """pgbouncer on 127.0.0.1:``port`` in ``pool_mode`` (transaction by default) for every
     database of the PostgreSQL server at ``postgres_port``, trusting the user ``user``;
-    at most ``pool_size`` server connections per database and user."""
+    at most ``pool_size`` server connections per database and user. Start-up parameters
+    named in ``ignore_startup_parameters`` are accepted and dropped, not refused."""
 
     def __init__(
         self,
@@ -272,6 +273,7 @@ class PgBouncer(Service):
         user: str = "postgres",
         pool_mode: str = "transaction",
         pool_size: int = 20,
+        ignore_startup_parameters: tuple[str, ...] = (),
     ) -> None:
         executable = debian_binary(PGBOUNCER, "pgbouncer")
         # pgbouncer refuses to run as root: its files go where the postgres user can read.
@@ -288,6 +290,7 @@ class PgBouncer(Service):
             f"auth_type = trust\nauth_file = {users}\n"
             f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n"
             "max_client_conn = 500\n"
+            f"ignore_startup_parameters = {','.join(ignore_startup_parameters)}\n"
             f"logfile = {log_path}\npidfile = {self.directory / 'pgbouncer.pid'}\n"
         )
         if os.geteuid() == 0:

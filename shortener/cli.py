@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         result: int = args.run(args, settings)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # a setting only the servers can show wrong, such as the pooler's
+        log.error("bad setting: %s", exc)
+        return 2
     return result
 
 

@@ -5,6 +5,9 @@ writable one again without a restart."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,7 +27,7 @@ from shortener.app import STORE, create_app
 from shortener.auth import create_key
 from shortener.config import Settings
 from tests.contract import ContractClient
-from tests.services import AppInstanceFactory, PostgresServer, keys_create
+from tests.services import PROJECT_ROOT, AppInstanceFactory, PostgresServer, keys_create
 from tests.test_api import LINKS
 
 
@@ -374,5 +377,64 @@ async def test_concurrent_requests_through_pgbouncer_sharing_two_server_connecti
         assert set(results) == {(201, 200)}
         listed = await app.get(f"{LINKS}?limit=100&tag=load", headers=headers)
         assert listed.status == 200 and len(listed.json()["items"]) == CONCURRENT
+    finally:
+        bouncer.close()
+
+
+def _shortener(database_url: str, *command: str) -> subprocess.CompletedProcess[str]:
+    """``python -m shortener *command`` on ``database_url``, without
+    SHORTENER_DB_TRANSACTION_POOLING; bounded, since the bug was a start-up retried forever."""
+    env = {**os.environ, "SHORTENER_DATABASE_URL": database_url}
+    env.pop("SHORTENER_DB_TRANSACTION_POOLING", None)
+    return subprocess.run(
+        [sys.executable, "-m", "shortener", *command],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _stopped_naming_the_pooling_setting(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SHORTENER_DB_TRANSACTION_POOLING" in lines[0], lines
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve"], ["serve", "--workers", "2"]])
+def test_pgbouncer_refusing_statement_timeout_stops_start_up_naming_the_setting(
+    pgbouncer_url: str, command: list[str]
+) -> None:
+    """Debian's pgbouncer refuses the statement_timeout a direct connection sets: before, the
+    app took it for an outage and retried start-up forever."""
+    if command[0] == "serve":
+        command += ["--port", str(free_port())]
+    line = _stopped_naming_the_pooling_setting(_shortener(pgbouncer_url, *command))
+    assert "statement_timeout" in line
+
+
+def test_prepared_statements_lost_behind_pgbouncer_stop_start_up_naming_the_setting(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """A PgBouncer that lets statement_timeout through: asyncpg's cache then names prepared
+    statements on a server connection the next process shares (one connection here, so the
+    next start-up meets the statements the first one left)."""
+    bouncer = PgBouncer(
+        free_port(),
+        postgres_server.port,
+        pool_size=1,
+        ignore_startup_parameters=("statement_timeout",),
+    )
+    bouncer.start()
+    try:
+        url = bouncer.url(postgres_url.rsplit("/", 1)[1])
+        first = _shortener(url, "migrate")
+        assert first.returncode == 0, first.stderr
+        for command in (["migrate"], ["serve", "--port", str(free_port())]):
+            line = _stopped_naming_the_pooling_setting(_shortener(url, *command))
+            assert "prepared statement" in line
     finally:
         bouncer.close()

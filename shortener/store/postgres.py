@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from shortener.config import Settings
+from shortener.config import ConfigError, Settings
 from shortener.errors import CodeTaken, DomainBlocked, StoreUnavailable
 from shortener.links.model import (
     ApiKey,
@@ -59,6 +59,14 @@ _UNAVAILABLE = (*_SERVER_LOST, asyncio.TimeoutError, asyncpg.QueryCanceledError)
 # A server that answers at once that it is not the primary: no call waits on it, so the
 # breaker does not count it (and the pool finds the primary on the next call).
 _NOT_PRIMARY = (asyncpg.ReadOnlySQLTransactionError, asyncpg.TargetServerAttributeNotMatched)
+# A pooler that keeps no session between transactions (PgBouncer in transaction mode) loses or
+# mixes up the named prepared statements of asyncpg's cache, and refuses statement_timeout as a
+# start-up parameter: a setting to fix, not an outage to wait out.
+_STATEMENTS_LOST = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError)
+_POOLING_NEEDED = (
+    "SHORTENER_DB_TRANSACTION_POOLING must be true: the database URL leads to a pooler in "
+    "transaction mode such as PgBouncer"
+)
 
 
 class PostgresStore:
@@ -87,6 +95,8 @@ class PostgresStore:
                 statement_cache_size=0 if settings.db_transaction_pooling else 100,
             )
         except _UNAVAILABLE as exc:
+            if _refused_startup_parameter(exc) and not settings.db_transaction_pooling:
+                raise ConfigError(f"{_POOLING_NEEDED} ({exc})") from exc
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
     async def close(self) -> None:
@@ -122,6 +132,11 @@ class PostgresStore:
             async with asyncio.timeout(deadline):
                 conn = await pool.acquire(timeout=self._settings.db_connect_timeout)
                 yield conn
+        except _STATEMENTS_LOST as exc:
+            if self._settings.db_transaction_pooling:
+                raise
+            # asyncpg appends pages of advice on PgBouncer to the server's one-line message.
+            raise ConfigError(f"{_POOLING_NEEDED} ({str(exc).splitlines()[0]})") from exc
         except _UNAVAILABLE as exc:
             if conn is not None and isinstance(exc, TimeoutError):
                 # No more waiting on a server that did not answer: not for the cancellation
@@ -628,6 +643,11 @@ async def _search(
         *older.params,
     )
     return found
+
+
+def _refused_startup_parameter(exc: BaseException) -> bool:
+    """PgBouncer's answer to a start-up parameter it does not pass on (statement_timeout)."""
+    return isinstance(exc, asyncpg.ProtocolViolationError) and "startup parameter" in str(exc)
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
