@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,9 +91,9 @@ class SqliteStore:
                 done = {row[0] for row in await cursor.fetchall()}
             for version, sql in migration_scripts("sqlite"):
                 if version not in done:
-                    for statement in sql.split(";"):
-                        if statement.strip():
-                            await db.execute(statement)
+                    # One by one inside this transaction: executescript would commit it first.
+                    for statement in statements(sql):
+                        await db.execute(statement)
                     await db.execute(
                         "INSERT INTO schema_migrations VALUES (?, ?)",
                         (version, _epoch(datetime.now(UTC))),
@@ -460,6 +460,18 @@ class SqliteStore:
             assert created is not None
             blocked.append(BlockedDomain(domain, reason, created))
         return blocked
+
+
+def statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, each cut at the ``;`` that ends it, never at one in a
+    comment, a string literal or a trigger's body (sqlite3.complete_statement tells which)."""
+    start = 0
+    for end, char in enumerate(script):
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            yield script[start : end + 1]
+            start = end + 1
+    if script[start:].strip():  # the last statement may lack its ';', or be a comment
+        yield script[start:]
 
 
 def _epoch(moment: Any) -> float | None:
