@@ -16,7 +16,13 @@ from shortener.auth import create_key
 from shortener.config import Settings
 from tests.contract import ContractClient
 
-pytest_plugins = ["tests.services", "tests.topology", "tests.monitoring"]
+pytest_plugins = [
+    "tests.services",
+    "tests.topology",
+    "tests.monitoring",
+    "tests.threads",
+    "pytester",
+]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
