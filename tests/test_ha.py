@@ -25,7 +25,8 @@ from devservices.ha import PgBouncer, PostgresPair, SentinelGroup
 from devservices.processes import free_port
 from shortener.app import STORE, create_app
 from shortener.auth import create_key
-from shortener.config import Settings
+from shortener.config import ConfigError, Settings
+from shortener.store.postgres import PostgresStore
 from tests.contract import ContractClient
 from tests.services import PROJECT_ROOT, AppInstanceFactory, PostgresServer, keys_create
 from tests.test_api import LINKS
@@ -437,4 +438,31 @@ def test_prepared_statements_lost_behind_pgbouncer_stop_start_up_naming_the_sett
             line = _stopped_naming_the_pooling_setting(_shortener(url, *command))
             assert "prepared statement" in line
     finally:
+        bouncer.close()
+
+
+async def test_prepared_statements_lost_at_run_time_name_the_setting(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """After start-up: the statement asyncpg cached is gone from the one server connection
+    (as when PgBouncer hands another client's connection over), and the error names the
+    setting instead of passing for a bug of the query."""
+    bouncer = PgBouncer(
+        free_port(),
+        postgres_server.port,
+        pool_size=1,
+        ignore_startup_parameters=("statement_timeout",),
+    )
+    bouncer.start()
+    url = bouncer.url(postgres_url.rsplit("/", 1)[1])
+    store = PostgresStore(Settings(database_url=url, db_pool_min=1, db_pool_max=1))
+    try:
+        await store.open()
+        await store.ping()
+        with psycopg.connect(url, autocommit=True) as other_client:
+            other_client.execute("DEALLOCATE ALL")
+        with pytest.raises(ConfigError, match=r"SHORTENER_DB_TRANSACTION_POOLING.*does not exist"):
+            await store.ping()
+    finally:
+        await store.close()
         bouncer.close()
