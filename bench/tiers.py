@@ -24,17 +24,17 @@ Servers (PostgreSQL and Redis included) are pinned to CPU 1, wrk to CPU 0. Warm-
 code of the mix once through (b), which puts them all into Redis (the unknown codes as
 unknown), then a few seconds of the mix through (b) and (c) and of the hot codes through
 (a). Each round starts once the 1-minute load average is under 1.0 (waiting up to
---quiet-wait seconds). Rounds are interleaved: (a), (a) links only, (b), (d), (c), each for the same duration,
-connections and threads. Each (a) run follows a pass over every link of the mix through (a)
-(not the unknown codes: their negative entries are left to the mix), once everything its L1
-held has expired (L1 does not renew an entry on a read, so an older entry would expire
-mid-run): the measured runs find every link in L1, none expiring meanwhile. Each figure is
-the median over the rounds; the ratio to (d) is the median of the per-round ratios. The hit
-ratio of each tier comes from the app's /metrics (shortener_cache_lookups_total, published
-once a second), read before and after each measured run once the app has been idle long
-enough for its counters to be published, summed over the rounds. CPU per request is read
-from /proc: the app's own, and that of all servers (the app, Redis, the postmaster and every
-backend).
+--quiet-wait seconds). Rounds are interleaved: (a), (a) links only, (b), (d), (c), each for
+the same duration, connections and threads. Each (a) run follows a pass over every link of
+the mix through (a) (not the unknown codes: their negative entries are left to the mix),
+once everything its L1 held has expired (L1 does not renew an entry on a read, so an older
+entry would expire mid-run): the measured runs find every link in L1, none expiring
+meanwhile. Each figure is the median over the rounds; the ratio to (d) is the median of the
+per-round ratios. The hit ratio of each tier comes from the app's /metrics
+(shortener_cache_lookups_total, published once a second), read before and after each
+measured run once the app has been idle long enough for its counters to be published, summed
+over the rounds. CPU per request is read from /proc: the app's own, and that of all servers
+(the app, Redis, the postmaster and every backend).
 
 L1 memory is measured in a fresh Python process: the app's L1Cache filled with 100,000
 Target entries whose urls are 40-80 characters long, its resident-set growth (and, in
