@@ -602,6 +602,27 @@ class _NoStore:
         raise AssertionError("nothing is written here")
 
 
+async def test_equal_visits_share_one_entry_and_the_bound_is_on_distinct_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shortener.visits.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "RAW_BUFFER_MAX", 2)
+    recorder = VisitRecorder(_NoStore(), Classifier(None, ()), 1.0, 100, 100, 400)
+    for _ in range(5):
+        recorder.record("same", _FakeRequest(FIREFOX_LINUX), clicked=False)
+    recorder.record("other", _FakeRequest(FIREFOX_LINUX), clicked=False)
+    recorder.record("third", _FakeRequest(FIREFOX_LINUX), clicked=False)  # a third distinct
+    recorder.record("same", _FakeRequest(FIREFOX_LINUX), clicked=False)  # still counted
+    assert (recorder.buffered, recorder.clicks_buffered, recorder.dropped) == (7, 7, 1)
+    await recorder.aggregate()
+    totals = {
+        code: n for (code, _, dimension, _), n in recorder._counts.items() if dimension == "total"
+    }
+    assert totals == {"same": 6, "other": 1}
+    assert recorder._clicks == {"same": 6, "other": 1}
+
+
 async def test_a_backlog_is_written_in_several_statements_of_whole_links(
     client: ContractClient, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,7 +1,7 @@
 """Visits buffered per worker, classified and counted in the background, written in batches.
 
-The redirect only appends the raw facts of a visit to a bounded list. Every flush interval
-the list is classified into counts per (code, UTC hour, dimension, value), and those counts
+The redirect only counts the raw facts of a visit, in a bounded dict. Every flush interval
+those are classified into counts per (code, UTC hour, dimension, value), and those counts
 and the links' clicks are written together, a link's in the same statement, so
 `visits + bots == clicks` holds by construction. While the store is down the counts wait
 here, bounded.
@@ -27,16 +27,16 @@ _K = TypeVar("_K")
 
 # (code, UTC hours since the epoch, User-Agent, Referer, peer and X-Forwarded-For (only when
 # countries are looked up), click already counted by the store): equal visits are equal
-# tuples, so a batch is grouped in C before anything is classified.
+# tuples, counted as one entry, so each is classified once however often it came.
 RawVisit = tuple[str, int, str | None, str | None, str | None, str | None, bool]
 
-# Raw visits a worker holds between two classifications (a second apart): far above what
-# one worker answers in a second, and a few dozen MB at most.
+# Distinct raw visits a worker holds between two classifications (a second apart): far
+# above what one worker answers in a second, and a few dozen MB at most.
 RAW_BUFFER_MAX = 50_000
 # Counts in one write statement at most: a backlog goes in several, each well within the
 # store's statement timeout.
 ROWS_PER_WRITE = 10_000
-# Visits grouped and classified before the loop lets requests in again (a few ms).
+# Distinct visits classified before the loop lets requests in again (a few ms at most).
 _CHUNK = 5000
 _PURGE_EVERY = 3600.0
 
@@ -60,7 +60,9 @@ class VisitRecorder:
         self._retention_hours = retention_days * 24
         self._locates = classifier.geolocates
         self._forwarded = bool(classifier.geolocates and classifier.trusted)
-        self._raw: list[RawVisit] = []
+        # How many times each distinct visit came: counting in place keeps no tuple per
+        # request alive until the next classification (the garbage collector's work).
+        self._raw: dict[RawVisit, int] = {}
         self._counts: dict[VisitKey, int] = {}
         self._clicks: dict[str, int] = {}
         self._pending_visits = 0
@@ -82,23 +84,25 @@ class VisitRecorder:
             self.record = self._click_only  # type: ignore[method-assign]
 
     def record(self, code: str, request: web.Request, clicked: bool) -> None:
-        """The redirect's one call: keep the raw facts for the background, nothing more."""
-        raw = self._raw
-        if len(raw) >= RAW_BUFFER_MAX:
-            self._drop(clicked)
-            return
+        """The redirect's one call: count the raw facts for the background, nothing more."""
         headers = request.headers
-        raw.append(
-            (
-                code,
-                self._hour,
-                headers.get(hdrs.USER_AGENT),
-                headers.get(hdrs.REFERER),
-                request.remote if self._locates else None,
-                headers.get(hdrs.X_FORWARDED_FOR) if self._forwarded else None,
-                clicked,
-            )
+        visit = (
+            code,
+            self._hour,
+            headers.get(hdrs.USER_AGENT),
+            headers.get(hdrs.REFERER),
+            request.remote if self._locates else None,
+            headers.get(hdrs.X_FORWARDED_FOR) if self._forwarded else None,
+            clicked,
         )
+        raw = self._raw
+        times = raw.get(visit)
+        if times is not None:
+            raw[visit] = times + 1
+        elif len(raw) < RAW_BUFFER_MAX:
+            raw[visit] = 1
+        else:
+            self._drop(clicked)
 
     def _click_only(self, code: str, request: web.Request, clicked: bool) -> None:
         """record() with the analytics off: the click and nothing else."""
@@ -117,19 +121,20 @@ class VisitRecorder:
     @property
     def buffered(self) -> int:
         """Visits recorded and not yet written."""
-        return len(self._raw) + self._pending_visits
+        return sum(self._raw.values()) + self._pending_visits
 
     @property
     def clicks_buffered(self) -> int:
-        return sum(1 for visit in self._raw if not visit[6]) + self._pending_clicks
+        unclicked = sum(times for visit, times in self._raw.items() if not visit[6])
+        return unclicked + self._pending_clicks
 
     async def aggregate(self) -> None:
         """Classifies the raw visits into counts, a chunk at a time between requests."""
-        raw, self._raw = self._raw, []
+        raw, self._raw = list(self._raw.items()), {}
         for start in range(0, len(raw), _CHUNK):
             if start:
                 await asyncio.sleep(0)
-            for visit, times in Counter(raw[start : start + _CHUNK]).items():
+            for visit, times in raw[start : start + _CHUNK]:
                 self._count(visit, times)
 
     def _count(self, visit: RawVisit, times: int) -> None:
