@@ -28,6 +28,7 @@ from shortener.web.api import LinksApi
 from shortener.web.blocklist import BlocklistApi
 from shortener.web.callers import Callers
 from shortener.web.edge import Edge
+from shortener.web.front import SHORT_CODES
 from shortener.web.ops import Operations
 from shortener.web.page import Page
 from shortener.web.qr import QrCodes
@@ -88,8 +89,10 @@ def create_app(settings: Settings) -> web.Application:
     page = Page()
     qr = QrCodes(settings, service, callers)
     stats = VisitStatsApi(store, service, callers)
-    # The hot path first: the dispatcher tries routes in order. It does its edge work inline.
+    # The hot path first: the dispatcher tries routes in order. It does its edge work inline,
+    # and our servers send it short codes before the router (shortener.web.front).
     app.router.add_get("/{code}", redirects.follow)
+    app[SHORT_CODES] = redirects.follow
     app.add_routes(
         edge.routes(
             [

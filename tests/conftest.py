@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import BaseRunner, TestClient, TestServer
 
 from shortener.app import STORE, create_app
 from shortener.auth import create_key
 from shortener.config import Settings
+from shortener.web import server
 from tests.contract import ContractClient
 
 pytest_plugins = [
@@ -53,6 +54,14 @@ def settings(backend_url: str, backend: str) -> Settings:
 AppFactory = Callable[..., Any]
 
 
+class ServedApp(TestServer):
+    """A test server that serves the app as `shortener serve` does: through
+    shortener.web.server's runner, its front door and its bounds on request heads."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return server.AppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_client(
     backend_url: str, aiohttp_client: Callable[..., Any]
@@ -61,7 +70,7 @@ async def make_client(
 
     async def make(settings: Settings) -> ContractClient:
         app: web.Application = create_app(settings)
-        client: TestClient[Any, Any] = await aiohttp_client(app)
+        client: TestClient[Any, Any] = await aiohttp_client(ServedApp(app))
         return ContractClient(client)
 
     yield make

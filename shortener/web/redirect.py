@@ -56,7 +56,7 @@ class Redirects:
         started = time.monotonic()
         edge = self._edge
         request_id = edge.request_id(request)
-        code = request.match_info["code"]
+        code = request.path[1:]  # the route's one segment, as the front door sees it too
         # The fast path: a plain, unexpired link in L1, while nobody sits in the penalty box.
         target = None if self._penalty.release > started else self._l1.get(code)
         if (

@@ -21,6 +21,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_runner import GracefulExit
 
+from shortener.web.front import front_door
+
 HEADER_TIMEOUT = 10.0
 # A URL shortener's requests are small: a short path or a 2 KiB URL in a body, a key, the
 # usual browser headers. 32 KiB of head is nginx's own default ceiling (4 x 8k buffers).
@@ -101,7 +103,8 @@ class _GuardedServer(web.Server):
 
 
 class AppRunner(web.AppRunner):
-    """aiohttp's AppRunner whose connections are _GuardedHandlers with HEAD_LIMITS."""
+    """aiohttp's AppRunner whose connections are _GuardedHandlers with HEAD_LIMITS, and whose
+    requests meet the app's front door (shortener.web.front) before its router."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(app, **{**HEAD_LIMITS, **kwargs})
@@ -109,7 +112,7 @@ class AppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
         return _GuardedServer(
-            made.request_handler,
+            front_door(self.app, made.request_handler),
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
