@@ -57,6 +57,23 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1
 """
+# The same for every key of a write, each followed by the publication of its code (ARGV[1]
+# is the channel, then version, payload, ttl and code per key): a write's new answers and
+# their invalidations in one command, not two a code.
+_PUT_AND_PUBLISH = """
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 4
+  local current = redis.call('GET', key)
+  local version = current and tonumber(string.match(current, '^(%d+)|'))
+  if not (version and version > tonumber(ARGV[at])) then
+    redis.call('SET', key, ARGV[at] .. '|' .. ARGV[at + 1], 'PX', ARGV[at + 2])
+  end
+  redis.call('PUBLISH', ARGV[1], ARGV[at + 3])
+end
+return #KEYS
+"""
+# Codes a script call writes at most, so that a long backlog does not hold Redis up.
+_PUT_AND_PUBLISH_BATCH = 500
 
 
 class RedisTier:
@@ -69,6 +86,7 @@ class RedisTier:
         self._subscriber = connect(url, timeout=None, connect_timeout=max(timeout, 1.0))
         # EVALSHA on the read path: the script is sent once, not with every miss.
         self._put_if_newer = self._client.register_script(_PUT_IF_NEWER)
+        self._put_and_publish = self._client.register_script(_PUT_AND_PUBLISH)
         self._ttl_ms = int(ttl * 1000)
         self._negative_ttl_ms = int(negative_ttl * 1000)
         self._l1 = l1
@@ -162,14 +180,19 @@ class RedisTier:
 
     async def _send(self, pending: dict[str, Target], by_digest: bool) -> None:
         """The new answers and their invalidations, in one pipeline: one round trip."""
+        changes = list(pending.items())
         async with self._client.pipeline(transaction=False) as pipe:
-            for code, target in pending.items():
-                args = self._put_args(code, target)
+            for start in range(0, len(changes), _PUT_AND_PUBLISH_BATCH):
+                keys: list[str] = []
+                args: list[str | int | bytes] = [CHANNEL]
+                for code, target in changes[start : start + _PUT_AND_PUBLISH_BATCH]:
+                    key, version, payload, ttl_ms = self._put_args(code, target)
+                    keys.append(key)
+                    args += [version, payload, ttl_ms, code]
                 if by_digest:
-                    pipe.evalsha(self._put_if_newer.sha, 1, *args)
+                    pipe.evalsha(self._put_and_publish.sha, len(keys), *keys, *args)
                 else:
-                    pipe.eval(_PUT_IF_NEWER, 1, *args)
-                pipe.publish(CHANNEL, code)
+                    pipe.eval(_PUT_AND_PUBLISH, len(keys), *keys, *args)
             await pipe.execute()
 
     def _remember_unpublished(self, code: str, target: Target) -> None:
