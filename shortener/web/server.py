@@ -64,14 +64,17 @@ class _GuardedHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         # start() awaits the next request: these bytes begin a new head.
-        if self._head_deadline is None and self._waiter is not None and data:
-            self._start_head()
+        begins = self._head_deadline is None and self._waiter is not None and data
         requests = self._request_count
         super().data_received(data)
-        if self._head_deadline is None:
-            return
         if self._request_count != requests:  # the head is complete
             self._end_head()
+            return
+        if begins:
+            # Only a head that does not arrive whole is timed: most come in one piece, and
+            # a timer each would cost every request.
+            self._start_head()
+        elif self._head_deadline is None:
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
