@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from shortener.cache.l1 import L1Cache
 from shortener.cache.tiered import TieredCache
@@ -19,7 +19,7 @@ from shortener.links.codes import CODE_SHAPE
 from shortener.links.model import MISSING, Lookup
 from shortener.store import Store
 from shortener.visits.recorder import VisitRecorder
-from shortener.web.edge import STATUS_CLASSES, Edge
+from shortener.web.edge import STATUS_CLASSES, X_REQUEST_ID, Edge
 from shortener.web.problems import render
 from shortener.web.ratelimit import PenaltyBox, RateLimiter, client_key
 
@@ -72,9 +72,9 @@ class Redirects:
             response = web.Response(
                 status=target.status,
                 headers={
-                    "Location": target.url,
-                    "Cache-Control": CACHE_CONTROL,
-                    "X-Request-ID": request_id,
+                    hdrs.LOCATION: target.url,
+                    hdrs.CACHE_CONTROL: CACHE_CONTROL,
+                    X_REQUEST_ID: request_id,
                 },
             )
             if edge.observe:
