@@ -19,10 +19,11 @@ each round it waits (up to --quiet-wait seconds) for the 1-minute load average t
 under 1.0, and the table gives the load average each round started at. Rounds are
 interleaved (hit, bare, miss, unknown, hit, bare, ...); each figure is the median over the
 rounds, and each ratio the median of the ratios within a round. Then the L1 redirect and
-bare again at 32 connections (their p99s), then creates (POST /api/v1/links, 16
-connections, the per-key limit raised out of the way) against the same worker's L1
-redirect rate. Besides req/s and latency, it reads each server process's CPU time around
-each run: CPU per request moves less than req/s when other work shares the machine.
+bare again at 32 connections (their p99s), then creates (POST /api/v1/links of a url no
+other request sends, 16 connections, the per-key limit raised out of the way) against the
+same app's L1 redirect rate, in interleaved rounds. Besides req/s and latency, it reads each
+server process's CPU time around each run: CPU per request moves less than req/s when other
+work shares the machine.
 The table is printed and written as the section "## Core redirect path" of docs/BENCHMARKS.md.
 Every process it starts is stopped, by process group, on success, error, Ctrl-C or SIGTERM.
 
@@ -197,6 +198,9 @@ class Results:
     bare: Figure
     miss: Figure
     create: Figure
+    # The create app's own L1 redirects, each run seconds before a create run: the rate the
+    # creates are compared with.
+    full_hit: Figure
     # Unknown, well-formed codes from many client addresses (PostgreSQL and Redis behind).
     unknown: Figure
     # The L1 redirect and bare at P99_CONNECTIONS, for their tail latencies.
@@ -392,14 +396,27 @@ end
 
 
 def create_script(workdir: Path, key: str) -> Path:
-    body = json.dumps({"url": SEED_URL.format(9999)})
+    """POSTs of a url no other request of the run (or of an earlier wrk run) sends: the
+    seeded urls' shape with a path of the run's start second, the thread and a counter."""
+    prefix, query = SEED_URL.split("?")
+    url = prefix.replace("{:04d}", "%d-%d-%d") + "?" + query
     script = f"""
 wrk.method = "POST"
-wrk.body = {json.dumps(body)}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {key}"
 bench_threads = {{}}
-setup = function(thread) table.insert(bench_threads, thread) end
+thread_id = 0
+local started = os.time()
+local sent = 0
+setup = function(thread)
+  table.insert(bench_threads, thread)
+  thread:set("thread_id", #bench_threads)
+end
+request = function()
+  sent = sent + 1
+  local url = string.format("{url}", started, thread_id, sent)
+  return wrk.format(nil, nil, nil, '{{"url": "' .. url .. '"}}')
+end
 response = function(status, _, _)
   if status ~= 201 then wrong = status end
 end
@@ -496,20 +513,43 @@ def measure(options: Options, processes: Processes) -> Results:
     say(f"the L1 redirect and bare again at {P99_CONNECTIONS} connections, for p99")
     tail_options = replace(options, connections=P99_CONNECTIONS)
     tails = run_rounds({"hit": targets["hit"], "bare": targets["bare"]}, tail_options)
-    create_options = replace(options, connections=max(CREATE_CONNECTIONS, options.threads))
-    create_lua = create_script(processes.workdir, create_key(full_env))
-    create = Target(full.port, create_lua, "/api/v1/links", full.pid)
-    creates = run_rounds({"create": create}, replace(create_options, rounds=1))["create"]
-    say(f"create {_describe(creates[0])}")
+    full_hits, creates = create_rounds(processes, full, full_env, options)
     return Results(
         hit=Figure(tuple(runs["hit"])),
         bare=Figure(tuple(runs["bare"])),
         miss=Figure(tuple(runs["miss"])),
         create=Figure(tuple(creates)),
+        full_hit=Figure(tuple(full_hits)),
         unknown=Figure(tuple(runs["unknown"])),
         hit_p99=Figure(tuple(tails["hit"])),
         bare_p99=Figure(tuple(tails["bare"])),
     )
+
+
+def create_rounds(
+    processes: Processes, full: AppInstance, env: Mapping[str, str], options: Options
+) -> tuple[list[WrkRun], list[WrkRun]]:
+    """Interleaved rounds on the production-like app: its L1 redirects (at the bench's
+    connections), then creates (at CREATE_CONNECTIONS), each round after a quiet wait."""
+    links = max(MIN_LINKS, 4 * options.connections)
+    say(f"seeding {links} links into the PostgreSQL + Redis app, for its L1 redirect rate")
+    hit_lua = seeded_script(processes.workdir / "full", full.port, env, links, options)
+    redirects = Target(full.port, hit_lua, pid=full.pid)
+    create_options = replace(options, connections=max(CREATE_CONNECTIONS, options.threads))
+    create_lua = create_script(processes.workdir, create_key(env))
+    create = Target(full.port, create_lua, "/api/v1/links", full.pid)
+    run_wrk(redirects, options, WARMUP_SECONDS)
+    run_wrk(create, create_options, WARMUP_SECONDS)
+    hits: list[WrkRun] = []
+    creates: list[WrkRun] = []
+    for round_number in range(1, options.rounds + 1):
+        load = wait_for_quiet(options.quiet_wait)
+        hits.append(replace(run_wrk(redirects, options, options.duration), load=load))
+        creates.append(replace(run_wrk(create, create_options, options.duration), load=load))
+        counted = f"round {round_number}/{options.rounds}"
+        say(f"{counted} redirect (app with creates) {_describe(hits[-1])}")
+        say(f"{counted} create {_describe(creates[-1])}")
+    return hits, creates
 
 
 def _expected_not_found(run: WrkRun) -> WrkRun:
@@ -637,7 +677,7 @@ def table(results: Results, options: Options) -> str:
     hit_ratio = paired_ratio(results.hit, results.bare)
     miss_ratio = paired_ratio(results.miss, results.hit)
     unknown_cpu = results.unknown.cpu_us / results.hit.cpu_us
-    create_ratio = results.create.rps / results.hit.rps
+    create_ratio = paired_ratio(results.create, results.full_hit)
     p99_ratio = results.hit_p99.p99_ms / results.bare_p99.p99_ms
     c, p = f"{options.connections} connections", f"{P99_CONNECTIONS} connections"
     rows = [
@@ -650,9 +690,14 @@ def table(results: Results, options: Options) -> str:
             f"CPU {unknown_cpu:.1f}x an L1 redirect's",
         ),
         (
-            f"app, create, PostgreSQL + Redis ({CREATE_CONNECTIONS} connections)",
+            f"app, PostgreSQL + Redis, redirect from L1 ({c})",
+            results.full_hit,
+            f"{paired_ratio(results.full_hit, results.hit):.2f} of the SQLite app's",
+        ),
+        (
+            f"the same app, create ({CREATE_CONNECTIONS} connections)",
             results.create,
-            f"{create_ratio:.3f} of L1 req/s",
+            f"{create_ratio:.3f} of its L1 req/s",
         ),
         (f"app, redirect from L1 ({p})", results.hit_p99, f"p99 {p99_ratio:.2f}x bare"),
         (f"bare aiohttp + uvloop 302 ({p})", results.bare_p99, "1.00"),
@@ -677,7 +722,8 @@ def reading(results: Results) -> str:
     ratio = statistics.median(by_round)
     of_medians = results.hit.rps / results.bare.rps
     cpu = results.hit.cpu_us / results.bare.cpu_us
-    create_ratio = results.create.rps / results.hit.rps
+    create_rounds = paired_ratios(results.create, results.full_hit)
+    create_ratio = statistics.median(create_rounds)
     p99_ratio = results.hit_p99.p99_ms / results.bare_p99.p99_ms
     figures = (
         results.hit,
@@ -685,6 +731,7 @@ def reading(results: Results) -> str:
         results.miss,
         results.unknown,
         results.create,
+        results.full_hit,
         results.hit_p99,
         results.bare_p99,
     )
@@ -707,8 +754,10 @@ def reading(results: Results) -> str:
         f"rounds ({', '.join(f'{value:.2f}' for value in by_round)}; the ratio of the median "
         f"req/s is {of_medians:.2f}), which {_verdict(ratio >= TARGET_RATIO)} the "
         f"{TARGET_RATIO:.2f} target, at {cpu:.2f}x its CPU per request. Creates run at "
-        f"{create_ratio:.3f} of the L1 redirect rate ({_verdict(create_ratio >= CREATE_TARGET)}"
-        f" {CREATE_TARGET:.2f}); an unknown code costs {results.unknown.cpu_us:.0f} µs of CPU, "
+        f"{create_ratio:.3f} of the same app's L1 redirect rate, the median of the rounds "
+        f"({', '.join(f'{value:.3f}' for value in create_rounds)}; "
+        f"{_verdict(create_ratio >= CREATE_TARGET)} {CREATE_TARGET:.2f}); an unknown code "
+        f"costs {results.unknown.cpu_us:.0f} µs of CPU, "
         f"{results.unknown.cpu_us / results.hit.cpu_us:.1f}x an L1 redirect; at "
         f"{P99_CONNECTIONS} connections the L1 redirect's p99 is {p99_ratio:.2f}x bare's "
         f"({_verdict(p99_ratio <= P99_TARGET)} {P99_TARGET:.1f}x); a redirect that reads "
@@ -727,7 +776,10 @@ def section(results: Results, options: Options, command: str, load: str) -> str:
         f"{options.rounds} interleaved rounds (L1, bare, PostgreSQL, unknown codes) of "
         f"{options.duration} s, {options.connections} keep-alive connections, then "
         f"{options.rounds} interleaved rounds (L1, bare) at {P99_CONNECTIONS} connections, "
-        f"then one create run at {CREATE_CONNECTIONS}; {options.threads} wrk thread(s); "
+        f"then {options.rounds} interleaved rounds on the PostgreSQL + Redis app: its L1 "
+        f"redirects at {options.connections} connections, then creates at "
+        f"{CREATE_CONNECTIONS} (each a url no other request sends); "
+        f"{options.threads} wrk thread(s); "
         f"each round waits (up to {options.quiet_wait:.0f} s) for the 1-minute load average "
         f"to fall under {QUIET_LOAD:.1f}, and the table gives the load each round started at; "
         "figures are medians over the rounds, ratios the median of the per-round ratios; "
