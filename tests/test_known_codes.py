@@ -60,3 +60,23 @@ async def test_a_store_that_cannot_answer_leaves_it_unloaded_and_retries() -> No
     await asyncio.sleep(0)
     assert attempts == 1 and not known.ready and not known.surely_unknown("x")
     await known.close()
+
+
+async def test_a_large_load_lets_requests_in_and_keeps_codes_heard_of_meanwhile() -> None:
+    stored = [f"code{n}" for n in range(5000)]
+
+    async def load() -> list[str]:
+        return list(stored)
+
+    known = KnownCodes(load)
+    known.refresh()
+    await asyncio.sleep(0)
+    assert not known.ready  # the loop is ours again while the filter is being built
+    known.add("made-meanwhile")
+    for _ in range(100):
+        if known.ready:
+            break
+        await asyncio.sleep(0)
+    assert known.ready
+    assert not known.surely_unknown("made-meanwhile")
+    assert not any(known.surely_unknown(code) for code in stored)

@@ -27,6 +27,8 @@ BITS_PER_CODE = 10
 HASHES = 7  # with 10 bits a code, about 1% false positives at capacity
 MIN_CAPACITY = 100_000
 _RETRY = 1.0
+# Codes added to a filter being built before the loop lets requests in again (a few ms).
+_CHUNK = 500
 
 
 class _Bloom:
@@ -98,10 +100,15 @@ class KnownCodes:
                     log.warning("known codes not loaded, store unavailable: %s", exc)
                     await asyncio.sleep(_RETRY)
                     continue
+                bloom = _Bloom(max(MIN_CAPACITY, 2 * (len(codes) + len(self._arrived))))
+                # A chunk at a time, letting requests in between: a million codes took the
+                # event loop for seconds. Codes heard of meanwhile join `_arrived`.
+                for start in range(0, len(codes), _CHUNK):
+                    if start:
+                        await asyncio.sleep(0)
+                    for code in codes[start : start + _CHUNK]:
+                        bloom.add(code)
                 arrived, self._arrived = self._arrived, None
-                bloom = _Bloom(max(MIN_CAPACITY, 2 * (len(codes) + len(arrived))))
-                for code in codes:
-                    bloom.add(code)
                 for code in arrived:
                     bloom.add(code)
                 self._filter = bloom
