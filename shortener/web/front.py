@@ -35,12 +35,12 @@ def front_door(app: web.Application, routed: ServerHandler) -> ServerHandler:
         if isinstance(resource, web.PlainResource)
     )
 
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(request: web.Request) -> web.StreamResponse:
         if request.method in _METHODS:
             path = request.path
             if path.rfind("/") == 0 and path not in pages:
-                # The app's request factory makes web.Requests.
-                return await follow(cast(web.Request, request))
+                return await follow(request)
         return await routed(request)
 
-    return handle
+    # The app's request factory makes web.Requests, whatever aiohttp's types say.
+    return cast(ServerHandler, handle)
