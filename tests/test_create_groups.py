@@ -139,6 +139,26 @@ async def test_a_failed_write_fails_each_create_of_its_group_and_the_next_group_
     assert (await groups.create(new("https://e.com/3"), ALICE)).url == "https://e.com/3"
 
 
+async def test_creates_waiting_behind_a_write_the_store_failed_fail_with_it_unwritten() -> None:
+    """A create waits for at most one write: the store's timeout, not two of them."""
+    writes = Writes()
+    groups = CreateGroups(writes.one, writes.many)
+    writes.fail = StoreUnavailable("no answer within the timeout")
+    first = asyncio.ensure_future(groups.create(new("https://e.com/0"), ALICE))
+    await settle()
+    rest = [
+        asyncio.ensure_future(groups.create(new(f"https://e.com/{n}"), owner))
+        for n, owner in ((1, ALICE), (2, BOB))
+    ]
+    await settle()
+    writes.gate.set()
+    outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes)
+    assert writes.calls == [("one", ["https://e.com/0"], 1)]
+    writes.fail = None
+    assert (await groups.create(new("https://e.com/3"), ALICE)).url == "https://e.com/3"
+
+
 async def test_a_create_that_gives_up_leaves_the_others_alone() -> None:
     writes = Writes()
     groups = CreateGroups(writes.one, writes.many)

@@ -2,6 +2,10 @@
 creates that arrive wait and are then written as the next group, in one store statement
 and one Redis pipeline. Under load a create then costs a share of a round trip, not one;
 alone it is written at once, as it would be on its own.
+
+A create never waits longer than one write would: when the store fails a write (it does
+not answer within its timeout, or its breaker is open), the creates that arrived while it
+was being written fail with it, rather than wait a second timeout for their own group.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from shortener.errors import Problem
+from shortener.errors import Problem, StoreUnavailable
 from shortener.links.model import ApiKey, Link, NewLink
 
 # Creates written in one statement at most; more wait for the next.
@@ -43,7 +47,13 @@ class CreateGroups:
                 for waiting in taken:
                     owner = waiting[1]
                     by_owner.setdefault(owner.id if owner else None, []).append(waiting)
-                await asyncio.gather(*(self._write(group) for group in by_owner.values()))
+                failures = await asyncio.gather(
+                    *(self._write(group) for group in by_owner.values())
+                )
+                failed = next((f for f in failures if f is not None), None)
+                if failed is not None:
+                    # They waited as long as a write takes already: they answer now.
+                    self._fail_waiting(failed)
         finally:
             self._writer = None
             # Cancelled (the app is stopping): nobody may wait for a write that never comes.
@@ -51,7 +61,15 @@ class CreateGroups:
                 made.cancel()
             self._waiting = []
 
-    async def _write(self, group: list[_Waiting]) -> None:
+    def _fail_waiting(self, exc: StoreUnavailable) -> None:
+        waiting, self._waiting = self._waiting, []
+        for _, _, made in waiting:
+            if not made.done():
+                made.set_exception(exc)
+
+    async def _write(self, group: list[_Waiting]) -> StoreUnavailable | None:
+        """Writes one owner's group and answers each of its creates; returns the store's
+        failure, if that is what the write ended with."""
         owner = group[0][1]
         try:
             if len(group) == 1:
@@ -59,7 +77,7 @@ class CreateGroups:
                 link = await self._create_one(new, owner)
                 if not made.done():
                     made.set_result(link)
-                return
+                return None
             outcomes = await self._create_many([new for new, _, _ in group], owner)
         except asyncio.CancelledError:
             for _, _, made in group:
@@ -69,7 +87,7 @@ class CreateGroups:
             for _, _, made in group:
                 if not made.done():
                     made.set_exception(exc)
-            return
+            return exc if isinstance(exc, StoreUnavailable) else None
         for (_, _, made), outcome in zip(group, outcomes, strict=True):
             if made.done():  # its request gave up
                 continue
@@ -77,3 +95,4 @@ class CreateGroups:
                 made.set_exception(outcome)
             else:
                 made.set_result(outcome)
+        return None
