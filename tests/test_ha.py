@@ -417,12 +417,9 @@ def test_pgbouncer_refusing_statement_timeout_stops_start_up_naming_the_setting(
     assert "statement_timeout" in line
 
 
-def test_prepared_statements_lost_behind_pgbouncer_stop_start_up_naming_the_setting(
-    postgres_server: PostgresServer, postgres_url: str
-) -> None:
-    """A PgBouncer that lets statement_timeout through: asyncpg's cache then names prepared
-    statements on a server connection the next process shares (one connection here, so the
-    next start-up meets the statements the first one left)."""
+def _one_connection_bouncer(postgres_server: PostgresServer) -> PgBouncer:
+    """A started PgBouncer in transaction mode that lets statement_timeout through, with one
+    server connection, so every client shares what asyncpg prepared on it."""
     bouncer = PgBouncer(
         free_port(),
         postgres_server.port,
@@ -430,6 +427,16 @@ def test_prepared_statements_lost_behind_pgbouncer_stop_start_up_naming_the_sett
         ignore_startup_parameters=("statement_timeout",),
     )
     bouncer.start()
+    return bouncer
+
+
+def test_prepared_statements_lost_behind_pgbouncer_stop_start_up_naming_the_setting(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """A PgBouncer that lets statement_timeout through: asyncpg's cache then names prepared
+    statements on a server connection the next process shares (one connection here, so the
+    next start-up meets the statements the first one left)."""
+    bouncer = _one_connection_bouncer(postgres_server)
     try:
         url = bouncer.url(postgres_url.rsplit("/", 1)[1])
         first = _shortener(url, "migrate")
@@ -447,13 +454,7 @@ async def test_prepared_statements_lost_at_run_time_name_the_setting(
     """After start-up: the statement asyncpg cached is gone from the one server connection
     (as when PgBouncer hands another client's connection over), and the error names the
     setting instead of passing for a bug of the query."""
-    bouncer = PgBouncer(
-        free_port(),
-        postgres_server.port,
-        pool_size=1,
-        ignore_startup_parameters=("statement_timeout",),
-    )
-    bouncer.start()
+    bouncer = _one_connection_bouncer(postgres_server)
     url = bouncer.url(postgres_url.rsplit("/", 1)[1])
     store = PostgresStore(Settings(database_url=url, db_pool_min=1, db_pool_max=1))
     try:

@@ -127,28 +127,29 @@ async def test_shutdown_ends_when_a_part_hangs(
     await app[STORE].close()
 
 
-async def test_shutdown_ends_when_the_readiness_probes_ignore_cancellation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("owner", "name", "step"),
+    [
+        (Operations, "keep_refreshing", "stopping the readiness probes"),
+        (app_module, "sync_metrics", "stopping the metrics sync"),
+    ],
+    ids=["readiness probes", "metrics sync"],
+)
+async def test_shutdown_ends_when_a_background_loop_ignores_cancellation(
+    owner: object,
+    name: str,
+    step: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(app_module, "CLOSE_TIMEOUT", 0.2)
-    monkeypatch.setattr(Operations, "keep_refreshing", _stubborn)
+    monkeypatch.setattr(owner, name, _stubborn)
     app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'shortener.db'}"))
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     await asyncio.wait_for(client.close(), HANG)
-    assert "shutdown: stopping the readiness probes took over 0.2 s; abandoned" in caplog.text
-
-
-async def test_shutdown_ends_when_the_metrics_sync_ignores_cancellation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(app_module, "CLOSE_TIMEOUT", 0.2)
-    monkeypatch.setattr(app_module, "sync_metrics", _stubborn)
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'shortener.db'}"))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    await asyncio.wait_for(client.close(), HANG)
-    assert "shutdown: stopping the metrics sync took over 0.2 s; abandoned" in caplog.text
+    assert f"shutdown: {step} took over 0.2 s; abandoned" in caplog.text
 
 
 async def test_store_close_ends_while_work_holds_a_connection(
