@@ -21,9 +21,14 @@ interleaved (hit, bare, miss, unknown, hit, bare, ...); each figure is the media
 rounds, and each ratio the median of the ratios within a round. Then the L1 redirect and
 bare again at 32 connections (their p99s), then creates (POST /api/v1/links of a url no
 other request sends, 16 connections, the per-key limit raised out of the way) against the
-same app's L1 redirect rate, in interleaved rounds. Besides req/s and latency, it reads each
-server process's CPU time around each run: CPU per request moves less than req/s when other
-work shares the machine.
+same app's L1 redirect rate, in interleaved rounds, each round with the creates in two
+placements: PostgreSQL and Redis on CPU 1 with the app, as above, then every process and
+thread of the bench's own PostgreSQL cluster (the postmaster and all its children, the app's
+pooled backends included) and Redis moved to CPU 0 (wrk's core, shared with wrk), leaving
+the app alone on CPU 1 as in production, and moved back after the run. Besides req/s and
+latency, it reads each server process's CPU time around each run, and for creates
+PostgreSQL's and Redis's too: CPU per request moves less than req/s when other work shares
+the machine.
 The table is printed and written as the section "## Core redirect path" of docs/BENCHMARKS.md.
 Every process it starts is stopped, by process group, on success, error, Ctrl-C or SIGTERM.
 
@@ -48,13 +53,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, NoReturn
 
 import aiohttp
+import psutil
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devservices, in the checkout
@@ -86,6 +92,9 @@ CREATE_TARGET = 0.10
 P99_CONNECTIONS = 32
 P99_TARGET = 1.5
 CREATE_CONNECTIONS = 16
+# What the creates need besides the app, by the names Processes started them under (and
+# the names the report gives them): moved to CLIENT_CPU for the creates apart from the app.
+BACKING = {"postgres": "PostgreSQL", "redis": "Redis"}
 # A round starts once the 1-minute load average is under this (or the wait is over).
 QUIET_LOAD = 1.0
 # Per-round app/bare ratios further apart than this mean the machine was busy during the run.
@@ -149,6 +158,8 @@ class WrkRun:
     figures: Mapping[str, int] = field(default_factory=dict, compare=False)
     # The 1-minute load average when its round started.
     load: float = math.nan
+    # CPU time per request of the processes behind the server (PostgreSQL, Redis) by name.
+    backing_cpu_us: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +183,17 @@ class Figure:
     @property
     def cpu_us(self) -> float:
         return statistics.median(run.cpu_us for run in self.runs)
+
+    def backing_cpu_us(self, name: str) -> float:
+        """The median CPU per request of the backing process `name` (nan if not read)."""
+        return statistics.median(run.backing_cpu_us.get(name, math.nan) for run in self.runs)
+
+    @property
+    def cpu_text(self) -> str:
+        """The server's CPU per request, with its backing processes' own if they were read."""
+        names = self.runs[0].backing_cpu_us
+        backing = ", ".join(f"{name} {self.backing_cpu_us(name):.0f}" for name in names)
+        return f"{self.cpu_us:.0f}" + (f" (+ {backing})" if backing else "")
 
     @property
     def errors(self) -> int:
@@ -197,6 +219,7 @@ class Results:
     hit: Figure
     bare: Figure
     miss: Figure
+    # Creates with PostgreSQL and Redis on the app's core (SERVER_CPU).
     create: Figure
     # The create app's own L1 redirects, each run seconds before a create run: the rate the
     # creates are compared with.
@@ -206,6 +229,8 @@ class Results:
     # The L1 redirect and bare at P99_CONNECTIONS, for their tail latencies.
     hit_p99: Figure
     bare_p99: Figure
+    # Creates with PostgreSQL and Redis on wrk's core (CLIENT_CPU), the app alone on its own.
+    create_apart: Figure
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -256,6 +281,55 @@ def pinned(cpu: str, command: Sequence[str]) -> list[str]:
     return ["taskset", "-c", cpu, *command]
 
 
+def _tree(pid: int) -> list[psutil.Process]:
+    """Process `pid` and every descendant alive now (for PostgreSQL, the postmaster and all
+    its children: background processes and every backend, pooled ones included)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def affinities(pid: int) -> dict[str, set[int]]:
+    """The CPUs of every process of `pid`'s tree and of each of their threads, by a label
+    naming the process (and thread)."""
+    found: dict[str, set[int]] = {}
+    for member in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            label = f"{member.name()} (pid {member.pid})"
+            found[label] = set(member.cpu_affinity())
+            for thread in member.threads():
+                if thread.id != member.pid:
+                    found[f"{label} thread {thread.id}"] = os.sched_getaffinity(thread.id)
+    return found
+
+
+def misplaced(found: Mapping[str, set[int]], cpus: set[int]) -> list[str]:
+    """What of `found` (label to CPUs) is not on exactly `cpus`, each said with its CPUs."""
+    return [f"{label} on CPUs {sorted(on)}" for label, on in found.items() if on != cpus]
+
+
+def place(processes: Processes, cpu: str) -> None:
+    """Moves every process and thread of the bench's PostgreSQL and Redis to `cpu` (their
+    later children inherit it), and checks that each is there."""
+    cpus = {int(cpu)}
+    for name in BACKING:
+        pin(processes.pids[name], cpus)
+    wrong = [line for name in BACKING for line in misplaced(affinities(processes.pids[name]), cpus)]
+    if wrong:
+        raise BenchError(
+            f"could not move PostgreSQL and Redis to CPU {cpu}, still elsewhere: {'; '.join(wrong)}"
+        )
+
+
+@contextlib.contextmanager
+def backing_on(processes: Processes, cpu: str) -> Iterator[None]:
+    """PostgreSQL and Redis on `cpu` for the block, then back on SERVER_CPU."""
+    place(processes, cpu)
+    try:
+        yield
+    finally:
+        place(processes, SERVER_CPU)
+
+
 # --- PostgreSQL --------------------------------------------------------------------------
 
 
@@ -299,6 +373,25 @@ def cpu_seconds(pid: int) -> float:
     """User and system time the process has used so far, all its threads included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> dict[tuple[int, float], float]:
+    """User and system seconds of each process of `pid`'s tree alive now, by pid and start
+    time (so that a reused pid is another process)."""
+    times: dict[tuple[int, float], float] = {}
+    for member in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            used = member.cpu_times()
+            times[(member.pid, member.create_time())] = used.user + used.system
+    return times
+
+
+def cpu_spent(
+    before: Mapping[tuple[int, float], float], after: Mapping[tuple[int, float], float]
+) -> float:
+    """CPU seconds the processes alive at `after` used since `before`: one started in
+    between counts whole; one that ended in between is not seen."""
+    return sum(used - before.get(process, 0.0) for process, used in after.items())
 
 
 def start_app(processes: Processes, name: str, env: Mapping[str, str]) -> AppInstance:
@@ -439,6 +532,7 @@ def run_wrk(target: Target, options: Options, duration: int) -> WrkRun:
         f"http://{LOOPBACK}:{target.port}{target.path}",
     ]
     cpu_before = cpu_seconds(target.pid) if target.pid is not None else math.nan
+    backing_before = {name: tree_cpu(pid) for name, pid in target.backing.items()}
     out = subprocess.run(
         pinned(CLIENT_CPU, command),
         capture_output=True,
@@ -450,7 +544,11 @@ def run_wrk(target: Target, options: Options, duration: int) -> WrkRun:
     if not lines:
         raise BenchError(f"wrk printed no figures:\n{out.stdout}\n{out.stderr}")
     cpu = cpu_seconds(target.pid) - cpu_before if target.pid is not None else math.nan
+    backing = {
+        name: cpu_spent(backing_before[name], tree_cpu(pid)) for name, pid in target.backing.items()
+    }
     figures = json.loads(lines[-1])
+    requests = max(figures["requests"], 1)
     kinds = tuple(
         (kind, figures[kind]) for kind in ("connect", "read", "write", "status", "timeout")
     )
@@ -460,9 +558,10 @@ def run_wrk(target: Target, options: Options, duration: int) -> WrkRun:
         p99_ms=figures["p99_us"] / 1000,
         errors=sum(count for _, count in kinds),
         wrong_status=figures["wrong"],
-        cpu_us=cpu * 1e6 / max(figures["requests"], 1),
+        cpu_us=cpu * 1e6 / requests,
         error_kinds=kinds,
         figures=figures,
+        backing_cpu_us={name: spent * 1e6 / requests for name, spent in backing.items()},
     )
 
 
@@ -473,13 +572,15 @@ def run_wrk(target: Target, options: Options, duration: int) -> WrkRun:
 class Target:
     """Where a wrk run goes: a port, the Lua script that makes its requests, and their path.
 
-    With the server's pid, the run also reads the server's CPU time per request.
+    With the server's pid, the run also reads the server's CPU time per request, and that of
+    every process of each tree in `backing` (a name to its root pid).
     """
 
     port: int
     script: Path
     path: str = "/"
     pid: int | None = None
+    backing: Mapping[str, int] = field(default_factory=dict)
 
 
 def measure(options: Options, processes: Processes) -> Results:
@@ -513,7 +614,7 @@ def measure(options: Options, processes: Processes) -> Results:
     say(f"the L1 redirect and bare again at {P99_CONNECTIONS} connections, for p99")
     tail_options = replace(options, connections=P99_CONNECTIONS)
     tails = run_rounds({"hit": targets["hit"], "bare": targets["bare"]}, tail_options)
-    full_hits, creates = create_rounds(processes, full, full_env, options)
+    full_hits, creates, creates_apart = create_rounds(processes, full, full_env, options)
     return Results(
         hit=Figure(tuple(runs["hit"])),
         bare=Figure(tuple(runs["bare"])),
@@ -523,33 +624,42 @@ def measure(options: Options, processes: Processes) -> Results:
         unknown=Figure(tuple(runs["unknown"])),
         hit_p99=Figure(tuple(tails["hit"])),
         bare_p99=Figure(tuple(tails["bare"])),
+        create_apart=Figure(tuple(creates_apart)),
     )
 
 
 def create_rounds(
     processes: Processes, full: AppInstance, env: Mapping[str, str], options: Options
-) -> tuple[list[WrkRun], list[WrkRun]]:
-    """Interleaved rounds on the production-like app: its L1 redirects (at the bench's
-    connections), then creates (at CREATE_CONNECTIONS), each round after a quiet wait."""
+) -> tuple[list[WrkRun], list[WrkRun], list[WrkRun]]:
+    """Interleaved rounds on the production-like app, each after a quiet wait: its L1
+    redirects (at the bench's connections), creates (at CREATE_CONNECTIONS) with PostgreSQL
+    and Redis on the app's core, then creates with them on wrk's core."""
     links = max(MIN_LINKS, 4 * options.connections)
     say(f"seeding {links} links into the PostgreSQL + Redis app, for its L1 redirect rate")
     hit_lua = seeded_script(processes.workdir / "full", full.port, env, links, options)
     redirects = Target(full.port, hit_lua, pid=full.pid)
     create_options = replace(options, connections=max(CREATE_CONNECTIONS, options.threads))
     create_lua = create_script(processes.workdir, create_key(env))
-    create = Target(full.port, create_lua, "/api/v1/links", full.pid)
+    backing = {label: processes.pids[name] for name, label in BACKING.items()}
+    create = Target(full.port, create_lua, "/api/v1/links", full.pid, backing)
     run_wrk(redirects, options, WARMUP_SECONDS)
     run_wrk(create, create_options, WARMUP_SECONDS)
+    with backing_on(processes, CLIENT_CPU):
+        run_wrk(create, create_options, WARMUP_SECONDS)
     hits: list[WrkRun] = []
     creates: list[WrkRun] = []
+    apart: list[WrkRun] = []
     for round_number in range(1, options.rounds + 1):
         load = wait_for_quiet(options.quiet_wait)
         hits.append(replace(run_wrk(redirects, options, options.duration), load=load))
         creates.append(replace(run_wrk(create, create_options, options.duration), load=load))
+        with backing_on(processes, CLIENT_CPU):
+            apart.append(replace(run_wrk(create, create_options, options.duration), load=load))
         counted = f"round {round_number}/{options.rounds}"
         say(f"{counted} redirect (app with creates) {_describe(hits[-1])}")
-        say(f"{counted} create {_describe(creates[-1])}")
-    return hits, creates
+        say(f"{counted} create, PostgreSQL and Redis on CPU {SERVER_CPU} {_describe(creates[-1])}")
+        say(f"{counted} create, PostgreSQL and Redis on CPU {CLIENT_CPU} {_describe(apart[-1])}")
+    return hits, creates, apart
 
 
 def _expected_not_found(run: WrkRun) -> WrkRun:
@@ -652,7 +762,7 @@ def loads_text(runs: Sequence[WrkRun]) -> str:
 
 def _describe(run: WrkRun) -> str:
     errors = f", {Figure((run,)).errors_text} errors" if run.errors else ""
-    cpu = "" if math.isnan(run.cpu_us) else f"  {run.cpu_us:5.0f} us CPU/req"
+    cpu = "" if math.isnan(run.cpu_us) else f"  {Figure((run,)).cpu_text} us CPU/req"
     return f"{run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms{cpu}{errors}"
 
 
@@ -678,6 +788,7 @@ def table(results: Results, options: Options) -> str:
     miss_ratio = paired_ratio(results.miss, results.hit)
     unknown_cpu = results.unknown.cpu_us / results.hit.cpu_us
     create_ratio = paired_ratio(results.create, results.full_hit)
+    apart_ratio = paired_ratio(results.create_apart, results.full_hit)
     p99_ratio = results.hit_p99.p99_ms / results.bare_p99.p99_ms
     c, p = f"{options.connections} connections", f"{P99_CONNECTIONS} connections"
     rows = [
@@ -695,9 +806,16 @@ def table(results: Results, options: Options) -> str:
             f"{paired_ratio(results.full_hit, results.hit):.2f} of the SQLite app's",
         ),
         (
-            f"the same app, create ({CREATE_CONNECTIONS} connections)",
+            f"the same app, create, PostgreSQL and Redis on its core ({CREATE_CONNECTIONS} "
+            "connections)",
             results.create,
             f"{create_ratio:.3f} of its L1 req/s",
+        ),
+        (
+            f"the same app, create, PostgreSQL and Redis on wrk's core ({CREATE_CONNECTIONS} "
+            "connections)",
+            results.create_apart,
+            f"{apart_ratio:.3f} of its L1 req/s",
         ),
         (f"app, redirect from L1 ({p})", results.hit_p99, f"p99 {p99_ratio:.2f}x bare"),
         (f"bare aiohttp + uvloop 302 ({p})", results.bare_p99, "1.00"),
@@ -711,7 +829,7 @@ def table(results: Results, options: Options) -> str:
         by_round = ", ".join(f"{run.rps:.0f}" for run in figure.runs)
         lines.append(
             f"| {name} | {figure.rps:.0f} | {figure.p50_ms:.2f} | {figure.p99_ms:.2f} "
-            f"| {ratio} | {figure.cpu_us:.0f} | {by_round} | {loads_text(figure.runs)} "
+            f"| {ratio} | {figure.cpu_text} | {by_round} | {loads_text(figure.runs)} "
             f"| {figure.errors_text} |"
         )
     return "\n".join(lines)
@@ -724,6 +842,8 @@ def reading(results: Results) -> str:
     cpu = results.hit.cpu_us / results.bare.cpu_us
     create_rounds = paired_ratios(results.create, results.full_hit)
     create_ratio = statistics.median(create_rounds)
+    apart_rounds = paired_ratios(results.create_apart, results.full_hit)
+    apart_ratio = statistics.median(apart_rounds)
     p99_ratio = results.hit_p99.p99_ms / results.bare_p99.p99_ms
     figures = (
         results.hit,
@@ -734,6 +854,7 @@ def reading(results: Results) -> str:
         results.full_hit,
         results.hit_p99,
         results.bare_p99,
+        results.create_apart,
     )
     failed = sum(figure.errors for figure in figures)
     loud = [run.load for figure in figures for run in figure.runs if not run.load < QUIET_LOAD]
@@ -753,10 +874,17 @@ def reading(results: Results) -> str:
         f"Reading: a redirect from L1 runs at {ratio:.2f} of bare aiohttp, the median of the "
         f"rounds ({', '.join(f'{value:.2f}' for value in by_round)}; the ratio of the median "
         f"req/s is {of_medians:.2f}), which {_verdict(ratio >= TARGET_RATIO)} the "
-        f"{TARGET_RATIO:.2f} target, at {cpu:.2f}x its CPU per request. Creates run at "
-        f"{create_ratio:.3f} of the same app's L1 redirect rate, the median of the rounds "
+        f"{TARGET_RATIO:.2f} target, at {cpu:.2f}x its CPU per request. With PostgreSQL and "
+        f"Redis on the app's core (CPU {SERVER_CPU}), creates run at {create_ratio:.3f} of the "
+        f"same app's L1 redirect rate, the median of the rounds "
         f"({', '.join(f'{value:.3f}' for value in create_rounds)}; "
-        f"{_verdict(create_ratio >= CREATE_TARGET)} {CREATE_TARGET:.2f}); an unknown code "
+        f"{_verdict(create_ratio >= CREATE_TARGET)} {CREATE_TARGET:.2f}), the core paying "
+        f"{_create_cpu(results.create)}; with them on wrk's core (CPU {CLIENT_CPU}) and the "
+        f"app alone on its own, as in production, at {apart_ratio:.3f} "
+        f"({', '.join(f'{value:.3f}' for value in apart_rounds)}; "
+        f"{_verdict(apart_ratio >= CREATE_TARGET)} {CREATE_TARGET:.2f}), the app's core paying "
+        f"its {results.create_apart.cpu_us:.0f} µs a create and wrk's core "
+        f"{_backing_cpu(results.create_apart)}; an unknown code "
         f"costs {results.unknown.cpu_us:.0f} µs of CPU, "
         f"{results.unknown.cpu_us / results.hit.cpu_us:.1f}x an L1 redirect; at "
         f"{P99_CONNECTIONS} connections the L1 redirect's p99 is {p99_ratio:.2f}x bare's "
@@ -764,6 +892,19 @@ def reading(results: Results) -> str:
         f"PostgreSQL runs at {paired_ratio(results.miss, results.hit):.2f} of the L1 rate."
         f"{notes}"
     )
+
+
+def _backing_cpu(figure: Figure) -> str:
+    """PostgreSQL's and Redis's own CPU per request in a create run, in words."""
+    return " and ".join(
+        f"{label}'s {figure.backing_cpu_us(label):.0f} µs" for label in BACKING.values()
+    )
+
+
+def _create_cpu(figure: Figure) -> str:
+    """All a create costs one core that runs the app, PostgreSQL and Redis, in words."""
+    total = figure.cpu_us + sum(figure.backing_cpu_us(label) for label in BACKING.values())
+    return f"{total:.0f} µs a create: the app's {figure.cpu_us:.0f} µs, {_backing_cpu(figure)}"
 
 
 def _verdict(met: bool) -> str:
@@ -778,13 +919,19 @@ def section(results: Results, options: Options, command: str, load: str) -> str:
         f"{options.rounds} interleaved rounds (L1, bare) at {P99_CONNECTIONS} connections, "
         f"then {options.rounds} interleaved rounds on the PostgreSQL + Redis app: its L1 "
         f"redirects at {options.connections} connections, then creates at "
-        f"{CREATE_CONNECTIONS} (each a url no other request sends); "
+        f"{CREATE_CONNECTIONS} (each a url no other request sends) in two placements, first "
+        f"with PostgreSQL and Redis on CPU {SERVER_CPU} with the app, as every server, then "
+        "with every process and thread of them (the postmaster, all its children and the "
+        f"app's pooled backends, and Redis) moved to CPU {CLIENT_CPU}, wrk's core, leaving "
+        f"the app alone on CPU {SERVER_CPU} as in production, and moved back after the run; "
         f"{options.threads} wrk thread(s); "
         f"each round waits (up to {options.quiet_wait:.0f} s) for the 1-minute load average "
         f"to fall under {QUIET_LOAD:.1f}, and the table gives the load each round started at; "
         "figures are medians over the rounds, ratios the median of the per-round ratios; "
-        "server CPU is the user and system time of the app (or bare) process per request, "
-        "PostgreSQL's and Redis's own not included. Load average (1 min) at start and end: "
+        "server CPU is the user and system time of the app (or bare) process per request; "
+        "for creates PostgreSQL's and Redis's own follow it in brackets (the user and system "
+        "time of every process of theirs alive at the end of the run, per request). Load "
+        "average (1 min) at start and end: "
         f"{load}"
     )
     versions = (
