@@ -102,8 +102,9 @@ class RateLimiter:
 
 class _GroupedCounts:
     """Counts sent to Redis together: while one pipeline of counts is out, the counts asked
-    for meanwhile wait and go as the next one. A busy worker pays one round trip a group,
-    not one a count; a count asked alone goes at once."""
+    for meanwhile wait and go as the next one, one command a key however many asked for it.
+    A busy worker pays one round trip a group, not one a count; a count asked alone goes at
+    once."""
 
     def __init__(self, client: Redis, breaker: Breaker) -> None:
         self._client = client
@@ -128,10 +129,25 @@ class _GroupedCounts:
         try:
             while self._waiting:
                 group, self._waiting = self._waiting[:_MAX_GROUP], self._waiting[_MAX_GROUP:]
-                replies = await self._send([(key, events) for key, events, _ in group])
-                for index, (_, _, counted) in enumerate(group):
-                    if not counted.done():
-                        counted.set_result(None if replies is None else replies[index])
+                # One count a key: the group's events for it counted at once, then each
+                # waiter told the count as if its events had been counted in turn.
+                totals: dict[str, int] = {}
+                for key, events, _ in group:
+                    totals[key] = totals.get(key, 0) + events
+                keys = list(totals)
+                replies = await self._send([(key, totals[key]) for key in keys])
+                after = dict(zip(keys, replies, strict=True)) if replies is not None else {}
+                counted_before = dict.fromkeys(keys, 0)
+                for key, events, counted in group:
+                    counted_before[key] += events
+                    if counted.done():
+                        continue
+                    reply = after.get(key)
+                    if reply is None:
+                        counted.set_result(None)
+                    else:
+                        count, ttl_ms = reply
+                        counted.set_result((count - totals[key] + counted_before[key], ttl_ms))
                 group = []
         finally:
             self._sender = None
