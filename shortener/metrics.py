@@ -46,7 +46,7 @@ L1_ENTRIES = Gauge(
 )
 INVALIDATIONS_RECEIVED = Counter(
     "shortener_invalidations_received_total",
-    "Invalidation messages received from Redis pub/sub.",
+    "Codes other workers invalidated, received from Redis pub/sub.",
 )
 L1_FLUSHES = Counter(
     "shortener_l1_flushes_total",

@@ -3,6 +3,10 @@
 Entries carry the link's version and are only ever replaced by a newer one, so a slow lookup
 can never put an old answer back after a write. Every call has a tight timeout behind a
 circuit breaker: a dead Redis costs a request at most one timeout, then nothing.
+
+A write's invalidation is one message for all its codes, "<sender> <code> <code> ...": the
+sender (a worker) skips its own messages, having dropped those codes from its L1 once Redis
+held their new answers, and every other worker drops each code.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from typing import Any, cast
 
@@ -30,7 +35,8 @@ from shortener.links.model import MISSING, Lookup, Target
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "shortener:invalidate"
+# Versioned by its message format: workers that speak another one listen elsewhere.
+CHANNEL = "shortener:invalidate:2"
 # What can fail, as the errors counter names it.
 OPERATIONS = ("get", "put", "publish", "backlog_full")
 KEY_PREFIX = "shortener:link:"
@@ -57,19 +63,19 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1
 """
-# The same for every key of a write, each followed by the publication of its code (ARGV[1]
-# is the channel, then version, payload, ttl and code per key): a write's new answers and
-# their invalidations in one command, not two a code.
+# The same for every key of a write, then one publication of all its codes (ARGV[1] is the
+# channel, ARGV[2] the message, then version, payload and ttl per key): a write's new answers
+# and their invalidation in one command.
 _PUT_AND_PUBLISH = """
 for i, key in ipairs(KEYS) do
-  local at = 2 + (i - 1) * 4
+  local at = 3 + (i - 1) * 3
   local current = redis.call('GET', key)
   local version = current and tonumber(string.match(current, '^(%d+)|'))
   if not (version and version > tonumber(ARGV[at])) then
     redis.call('SET', key, ARGV[at] .. '|' .. ARGV[at + 1], 'PX', ARGV[at + 2])
   end
-  redis.call('PUBLISH', ARGV[1], ARGV[at + 3])
 end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return #KEYS
 """
 # Codes a script call writes at most, so that a long backlog does not hold Redis up.
@@ -90,6 +96,8 @@ class RedisTier:
         self._ttl_ms = int(ttl * 1000)
         self._negative_ttl_ms = int(negative_ttl * 1000)
         self._l1 = l1
+        # Who this worker is on the channel: it skips the messages it sent itself.
+        self._sender = secrets.token_hex(8)
         self.breaker = Breaker()
         self.subscribed = False
         # The filter of known codes the channel keeps up to date, if there is one.
@@ -170,6 +178,10 @@ class RedisTier:
                 self._remember_unpublished(code, target)
         else:
             self.breaker.succeeded()
+            # What this worker's own message would do: a lookup that read Redis before the
+            # new answers were in must not keep its old answer in L1.
+            for code in pending:
+                self._l1.invalidate(code)
 
     async def _publish(self, pending: dict[str, Target]) -> None:
         try:
@@ -183,12 +195,14 @@ class RedisTier:
         changes = list(pending.items())
         async with self._client.pipeline(transaction=False) as pipe:
             for start in range(0, len(changes), _PUT_AND_PUBLISH_BATCH):
+                batch = changes[start : start + _PUT_AND_PUBLISH_BATCH]
                 keys: list[str] = []
-                args: list[str | int | bytes] = [CHANNEL]
-                for code, target in changes[start : start + _PUT_AND_PUBLISH_BATCH]:
+                message = " ".join([self._sender, *(code for code, _ in batch)])
+                args: list[str | int | bytes] = [CHANNEL, message]
+                for code, target in batch:
                     key, version, payload, ttl_ms = self._put_args(code, target)
                     keys.append(key)
-                    args += [version, payload, ttl_ms, code]
+                    args += [version, payload, ttl_ms]
                 if by_digest:
                     pipe.evalsha(self._put_and_publish.sha, len(keys), *keys, *args)
                 else:
@@ -278,11 +292,15 @@ class RedisTier:
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "message":
-            self.invalidations_received += 1
-            code = message["data"].decode("utf-8", "replace")
-            self._l1.invalidate(code)
-            if self.known is not None:
-                self.known.add(code)
+            sender, *codes = message["data"].decode("utf-8", "replace").split(" ")
+            if sender == self._sender:
+                return
+            self.invalidations_received += len(codes)
+            known = self.known
+            for code in codes:
+                self._l1.invalidate(code)
+                if known is not None:
+                    known.add(code)
         elif kind == "subscribe":
             # Messages published while we were not subscribed are lost for good (pub/sub is
             # at-most-once), so everything L1 holds may be stale: start it afresh.
