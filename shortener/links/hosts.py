@@ -45,6 +45,10 @@ def normalise_host(host: str) -> str:
 def as_ip(host: str) -> IPAddress | None:
     """The address `host` means to a browser, or None for a name."""
     host = normalise_host(host)
+    if ":" not in host and not _is_number(host.rsplit(".", 1)[-1]):
+        # A name: only IPv6 has colons, and every IPv4 spelling ends in a number. Most
+        # hosts are names, and asking ipaddress costs two exceptions.
+        return None
     try:
         return ipaddress.ip_address(host)
     except ValueError:

@@ -47,6 +47,10 @@ class _Collector:
             self.errors.extend(problem.errors)
             return None
 
+    def optional(self, parse: Callable[[Any], Any], raw: Any) -> Any:
+        """check() for a field that may be absent or null: None then."""
+        return None if raw is None else self.check(parse, raw)
+
 
 def parse_new_link(body: object, own_host: str) -> NewLink:
     fields = _object(
@@ -58,12 +62,12 @@ def parse_new_link(body: object, own_host: str) -> NewLink:
         url = collector.check(lambda raw: parse_url(raw, own_host), fields["url"])
     else:
         collector.errors.append(FieldError("url", "is required"))
-    alias = collector.check(_optional(parse_alias), fields.get("alias"))
-    expires_at = collector.check(_optional(parse_expires_at), fields.get("expires_at"))
-    max_visits = collector.check(_optional(parse_max_visits), fields.get("max_visits"))
-    status = collector.check(_optional(parse_redirect_status), fields.get("redirect_status"))
-    title = collector.check(_optional(parse_title), fields.get("title"))
-    tags = collector.check(parse_tags, fields.get("tags", []))
+    alias = collector.optional(parse_alias, fields.get("alias"))
+    expires_at = collector.optional(parse_expires_at, fields.get("expires_at"))
+    max_visits = collector.optional(parse_max_visits, fields.get("max_visits"))
+    status = collector.optional(parse_redirect_status, fields.get("redirect_status"))
+    title = collector.optional(parse_title, fields.get("title"))
+    tags = collector.check(parse_tags, fields["tags"]) if "tags" in fields else ()
     if collector.errors or url is None:
         raise validation_failed(collector.errors)
     return NewLink(
