@@ -45,13 +45,23 @@ def link(code: str, new: NewLink, owner: ApiKey | None) -> Link:
 
 
 class Writes:
-    """Fakes of the service's create_one and create_many: each call recorded, and each held
-    until the test lets it go."""
+    """Fakes of the service's store_one, store_many and the caches' publish: each call
+    recorded, and each held until the test lets it go (publishes go at once unless held)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str], int | None]] = []
         self.gate = asyncio.Event()
         self.fail: BaseException | None = None
+        self.published: list[list[str]] = []
+        self.publish_gate = asyncio.Event()
+        self.publish_gate.set()
+        self.publish_fails: BaseException | None = None
+
+    async def publish(self, links: list[Link]) -> None:
+        self.published.append([link.url for link in links])
+        await self.publish_gate.wait()
+        if self.publish_fails is not None:
+            raise self.publish_fails
 
     async def one(self, new: NewLink, owner: ApiKey | None) -> Link:
         self.calls.append(("one", [new.url], owner.id if owner else None))
@@ -83,7 +93,7 @@ async def settle() -> None:
 
 async def test_creates_arriving_during_a_write_are_written_together_per_owner() -> None:
     writes = Writes()
-    groups = CreateGroups(writes.one, writes.many)
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
     first = asyncio.ensure_future(groups.create(new("https://e.com/0"), ALICE))
     await settle()
     later = [
@@ -103,9 +113,48 @@ async def test_creates_arriving_during_a_write_are_written_together_per_owner() 
     ]
 
 
+async def test_the_next_group_is_stored_while_the_last_is_published_and_each_answers_after() -> (
+    None
+):
+    writes = Writes()
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
+    writes.gate.set()
+    writes.publish_gate.clear()
+    first = asyncio.ensure_future(groups.create(new("https://e.com/0"), ALICE))
+    await settle()
+    later = [
+        asyncio.ensure_future(groups.create(new(url), ALICE))
+        for url in ("https://e.com/1", "https://e.com/taken", "https://e.com/2")
+    ]
+    await settle()
+    # The first link is being published; the next group is stored meanwhile.
+    assert writes.calls == [
+        ("one", ["https://e.com/0"], 1),
+        ("many", ["https://e.com/1", "https://e.com/taken", "https://e.com/2"], 1),
+    ]
+    assert writes.published == [["https://e.com/0"], ["https://e.com/1", "https://e.com/2"]]
+    assert not any(each.done() for each in (first, *later))  # none answers before its publish
+    writes.publish_gate.set()
+    outcomes = await asyncio.gather(first, *later, return_exceptions=True)
+    answers = [getattr(outcome, "url", getattr(outcome, "status", None)) for outcome in outcomes]
+    assert answers == ["https://e.com/0", "https://e.com/1", 409, "https://e.com/2"]
+
+
+async def test_a_publish_that_raises_answers_its_creates_with_it() -> None:
+    writes = Writes()
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
+    writes.gate.set()
+    writes.publish_fails = RuntimeError("a bug in the caches")
+    creates = [groups.create(new(f"https://e.com/{n}"), ALICE) for n in range(3)]
+    outcomes = await asyncio.gather(*creates, return_exceptions=True)
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+    writes.publish_fails = None
+    assert (await groups.create(new("https://e.com/3"), ALICE)).url == "https://e.com/3"
+
+
 async def test_a_problem_answers_its_own_create_only() -> None:
     writes = Writes()
-    groups = CreateGroups(writes.one, writes.many)
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
     first = asyncio.ensure_future(groups.create(new("https://e.com/taken"), ALICE))
     await settle()
     rest = [
@@ -126,7 +175,7 @@ async def test_a_failed_write_fails_each_create_of_its_group_and_the_next_group_
     None
 ):
     writes = Writes()
-    groups = CreateGroups(writes.one, writes.many)
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
     writes.fail = ConnectionError("store down")
     first = asyncio.ensure_future(groups.create(new("https://e.com/0"), ALICE))
     await settle()
@@ -142,7 +191,7 @@ async def test_a_failed_write_fails_each_create_of_its_group_and_the_next_group_
 async def test_creates_waiting_behind_a_write_the_store_failed_fail_with_it_unwritten() -> None:
     """A create waits for at most one write: the store's timeout, not two of them."""
     writes = Writes()
-    groups = CreateGroups(writes.one, writes.many)
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
     writes.fail = StoreUnavailable("no answer within the timeout")
     first = asyncio.ensure_future(groups.create(new("https://e.com/0"), ALICE))
     await settle()
@@ -161,7 +210,7 @@ async def test_creates_waiting_behind_a_write_the_store_failed_fail_with_it_unwr
 
 async def test_a_create_that_gives_up_leaves_the_others_alone() -> None:
     writes = Writes()
-    groups = CreateGroups(writes.one, writes.many)
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
     first = asyncio.ensure_future(groups.create(new("https://e.com/0"), ALICE))
     await settle()
     quitter = asyncio.ensure_future(groups.create(new("https://e.com/1"), ALICE))
@@ -176,7 +225,7 @@ async def test_a_create_that_gives_up_leaves_the_others_alone() -> None:
 
 async def test_groups_hold_at_most_max_group_creates() -> None:
     writes = Writes()
-    groups = CreateGroups(writes.one, writes.many)
+    groups = CreateGroups(writes.one, writes.many, writes.publish)
     first = asyncio.ensure_future(groups.create(new("https://e.com/first"), ALICE))
     await settle()
     rest = [

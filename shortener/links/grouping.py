@@ -1,7 +1,11 @@
-"""Concurrent creates written together: while one group of creates is being written, the
-creates that arrive wait and are then written as the next group, in one store statement
-and one Redis pipeline. Under load a create then costs a share of a round trip, not one;
-alone it is written at once, as it would be on its own.
+"""Concurrent creates written together: while one group of creates is being written to the
+store, the creates that arrive wait and are then written as the next group, in one store
+statement and one Redis pipeline. Under load a create then costs a share of a round trip,
+not one; alone it is written at once, as it would be on its own.
+
+A group is done with the store once its links are in it: while the caches hear of them (the
+new answers into Redis, the invalidation out to every worker), the next group is already
+being stored. Each create still answers only once the caches have heard of its link.
 
 A create never waits longer than one write would: when the store fails a write (it does
 not answer within its timeout, or its breaker is open), the creates that arrived while it
@@ -19,20 +23,25 @@ from shortener.links.model import ApiKey, Link, NewLink
 # Creates written in one statement at most; more wait for the next.
 MAX_GROUP = 100
 
-CreateOne = Callable[[NewLink, ApiKey | None], Awaitable[Link]]
-CreateMany = Callable[[list[NewLink | Problem], ApiKey | None], Awaitable[list[Link | Problem]]]
+StoreOne = Callable[[NewLink, ApiKey | None], Awaitable[Link]]
+StoreMany = Callable[[list[NewLink | Problem], ApiKey | None], Awaitable[list[Link | Problem]]]
+Publish = Callable[[list[Link]], Awaitable[None]]
 _Waiting = tuple[NewLink, ApiKey | None, "asyncio.Future[Link]"]
 
 
 class CreateGroups:
-    def __init__(self, create_one: CreateOne, create_many: CreateMany) -> None:
-        self._create_one = create_one
-        self._create_many = create_many
+    def __init__(self, store_one: StoreOne, store_many: StoreMany, publish: Publish) -> None:
+        self._store_one = store_one
+        self._store_many = store_many
+        self._publish = publish
         self._waiting: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
+        # Groups stored whose links the caches are hearing of.
+        self._publishing: set[asyncio.Task[None]] = set()
 
     async def create(self, new: NewLink, owner: ApiKey | None) -> Link:
-        """The link, written with whichever creates arrive meanwhile; raises as create_one."""
+        """The link, written with whichever creates arrive meanwhile and published to the
+        caches; raises as store_one."""
         made: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
         self._waiting.append((new, owner, made))
         if self._writer is None:
@@ -68,17 +77,14 @@ class CreateGroups:
                 made.set_exception(exc)
 
     async def _write(self, group: list[_Waiting]) -> StoreUnavailable | None:
-        """Writes one owner's group and answers each of its creates; returns the store's
-        failure, if that is what the write ended with."""
+        """Stores one owner's group, then leaves the caches to hear of it and its creates
+        to be answered; returns the store's failure, if that is what the write ended with."""
         owner = group[0][1]
         try:
             if len(group) == 1:
-                new, _, made = group[0]
-                link = await self._create_one(new, owner)
-                if not made.done():
-                    made.set_result(link)
-                return None
-            outcomes = await self._create_many([new for new, _, _ in group], owner)
+                outcomes: list[Link | Problem] = [await self._store_one(group[0][0], owner)]
+            else:
+                outcomes = await self._store_many([new for new, _, _ in group], owner)
         except asyncio.CancelledError:
             for _, _, made in group:
                 made.cancel()
@@ -88,6 +94,26 @@ class CreateGroups:
                 if not made.done():
                     made.set_exception(exc)
             return exc if isinstance(exc, StoreUnavailable) else None
+        publishing = asyncio.create_task(self._publish_and_answer(group, outcomes))
+        self._publishing.add(publishing)
+        publishing.add_done_callback(self._publishing.discard)
+        return None
+
+    async def _publish_and_answer(
+        self, group: list[_Waiting], outcomes: list[Link | Problem]
+    ) -> None:
+        try:
+            # Lookups of these codes may have been cached as unknown.
+            await self._publish([link for link in outcomes if isinstance(link, Link)])
+        except asyncio.CancelledError:
+            for _, _, made in group:
+                made.cancel()
+            raise
+        except Exception as exc:  # the caches never fail a write, but if they did: say so
+            for _, _, made in group:
+                if not made.done():
+                    made.set_exception(exc)
+            return
         for (_, _, made), outcome in zip(group, outcomes, strict=True):
             if made.done():  # its request gave up
                 continue
@@ -95,4 +121,3 @@ class CreateGroups:
                 made.set_exception(outcome)
             else:
                 made.set_result(outcome)
-        return None

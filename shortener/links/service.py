@@ -22,14 +22,15 @@ class LinkService:
         self._store = store
         self._cache = cache
         self._policy = policy
-        self._groups = CreateGroups(self._create_one, self.create_many)
+        self._groups = CreateGroups(self._store_one, self._store_many, self._cache.changed_many)
 
     async def create(self, new: NewLink, owner: ApiKey | None) -> Link:
         """One link; creates that arrive while others are written are written together,
         as create_many() would (grouping.py)."""
         return await self._groups.create(new, owner)
 
-    async def _create_one(self, new: NewLink, owner: ApiKey | None) -> Link:
+    async def _store_one(self, new: NewLink, owner: ApiKey | None) -> Link:
+        """create() but for the caches: the link written to the store."""
         # The store checks its blocklist in the statement that writes the link.
         domains = self._policy.check_here(new.url, keyless=owner is None)
         owner_id = owner.id if owner else None
@@ -44,8 +45,6 @@ class LinkService:
                 link = await self._insert_generated(new, owner_id, now, domains)
         except DomainBlocked:
             raise blocked_target() from None
-        # A lookup of this code may have been cached as unknown.
-        await self._cache.changed(link)
         return link
 
     async def create_many(
@@ -54,6 +53,15 @@ class LinkService:
         """Creates each valid item as create() would, the blocklist read and every link
         written in one store round trip (a generated code that collides is retried on its
         own); a problem item stays as it is."""
+        results = await self._store_many(items, owner)
+        # Lookups of these codes may have been cached as unknown.
+        await self._cache.changed_many([link for link in results if isinstance(link, Link)])
+        return results
+
+    async def _store_many(
+        self, items: list[NewLink | Problem], owner: ApiKey | None
+    ) -> list[Link | Problem]:
+        """create_many() but for the caches."""
         results: dict[int, Link | Problem] = {
             index: item for index, item in enumerate(items) if isinstance(item, Problem)
         }
@@ -101,9 +109,6 @@ class LinkService:
                     results[index] = blocked_target()
                 except Problem as problem:
                     results[index] = problem
-        # Lookups of these codes may have been cached as unknown.
-        made_links = [link for link in results.values() if isinstance(link, Link)]
-        await self._cache.changed_many(made_links)
         return [results[index] for index in range(len(items))]
 
     async def _insert_generated(
