@@ -191,23 +191,38 @@ class RedisTier:
             await self._send(pending, by_digest=False)
 
     async def _send(self, pending: dict[str, Target], by_digest: bool) -> None:
-        """The new answers and their invalidations, in one pipeline: one round trip."""
+        """The new answers and their invalidations in one round trip: one script call, or
+        a pipeline of them for a long backlog (a pipeline costs redis-py more than the
+        command, so a single call goes alone)."""
         changes = list(pending.items())
+        calls = [
+            self._script_arguments(changes[start : start + _PUT_AND_PUBLISH_BATCH])
+            for start in range(0, len(changes), _PUT_AND_PUBLISH_BATCH)
+        ]
+        script = self._put_and_publish.sha if by_digest else _PUT_AND_PUBLISH
+        if len(calls) == 1:
+            keys, args = calls[0]
+            call = self._client.evalsha if by_digest else self._client.eval
+            await call(script, len(keys), *keys, *args)
+            return
         async with self._client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(changes), _PUT_AND_PUBLISH_BATCH):
-                batch = changes[start : start + _PUT_AND_PUBLISH_BATCH]
-                keys: list[str] = []
-                message = " ".join([self._sender, *(code for code, _ in batch)])
-                args: list[str | int | bytes] = [CHANNEL, message]
-                for code, target in batch:
-                    key, version, payload, ttl_ms = self._put_args(code, target)
-                    keys.append(key)
-                    args += [version, payload, ttl_ms]
-                if by_digest:
-                    pipe.evalsha(self._put_and_publish.sha, len(keys), *keys, *args)
-                else:
-                    pipe.eval(_PUT_AND_PUBLISH, len(keys), *keys, *args)
+            for keys, args in calls:
+                (pipe.evalsha if by_digest else pipe.eval)(script, len(keys), *keys, *args)
             await pipe.execute()
+
+    def _script_arguments(
+        self, batch: list[tuple[str, Target]]
+    ) -> tuple[list[str], list[str | int | bytes]]:
+        """The keys and arguments of the script call that stores `batch`'s answers and
+        publishes its codes."""
+        keys: list[str] = []
+        message = " ".join([self._sender, *(code for code, _ in batch)])
+        args: list[str | int | bytes] = [CHANNEL, message]
+        for code, target in batch:
+            key, version, payload, ttl_ms = self._put_args(code, target)
+            keys.append(key)
+            args += [version, payload, ttl_ms]
+        return keys, args
 
     def _remember_unpublished(self, code: str, target: Target) -> None:
         if code in self._unpublished or len(self._unpublished) < _MAX_UNPUBLISHED:

@@ -170,6 +170,13 @@ class _GroupedCounts:
         return [(int(count), int(ttl_ms)) for count, ttl_ms in replies]
 
     async def _pipeline(self, counts: list[tuple[str, int]], by_digest: bool) -> list[Any]:
+        """The counts' replies: one count is sent alone (a pipeline costs redis-py more
+        than the command), more in one pipeline."""
+        if len(counts) == 1:
+            key, events = counts[0]
+            if by_digest:
+                return [await self._client.evalsha(self._script.sha, 1, key, _WINDOW_MS, events)]
+            return [await self._client.eval(_COUNT_IN_WINDOW, 1, key, _WINDOW_MS, events)]
         async with self._client.pipeline(transaction=False) as pipe:
             for key, events in counts:
                 if by_digest:
