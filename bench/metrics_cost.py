@@ -262,6 +262,11 @@ def check_case(name: str, port: int, env: Mapping[str, str]) -> None:
 # --- the report --------------------------------------------------------------------------
 
 
+def moved(cost: float, more: str, less: str) -> str:
+    """A relative cost in words: "1.2% higher", or "0.7% lower" when it came out negative."""
+    return f"{abs(cost):.1%} {more if cost >= 0 else less}"
+
+
 def throughput_cost(with_metrics: Figure, without: Figure) -> float:
     return 1 - with_metrics.rps / without.rps
 
@@ -303,10 +308,12 @@ def reading(results: Mapping[str, Figure], profiles: Mapping[str, Profile]) -> s
     warning = f" {failed} requests failed (see the errors column)." if failed else ""
     measured = (
         "Reading: with the per-request latency histogram, redirect throughput is "
-        f"{throughput_cost(on, off):.1%} lower and CPU per request {cpu_cost(on, off):.1%} "
-        f"higher in single-process mode (req/s by round: {by_round(on, off)}), and "
-        f"{throughput_cost(on_mp, off_mp):.1%} lower and {cpu_cost(on_mp, off_mp):.1%} higher "
-        f"in multiprocess mode, as under gunicorn (by round: {by_round(on_mp, off_mp)}). "
+        f"{moved(throughput_cost(on, off), 'lower', 'higher')} and CPU per request "
+        f"{moved(cpu_cost(on, off), 'higher', 'lower')} in single-process mode (req/s by "
+        f"round: {by_round(on, off)}), and "
+        f"{moved(throughput_cost(on_mp, off_mp), 'lower', 'higher')} and "
+        f"{moved(cpu_cost(on_mp, off_mp), 'higher', 'lower')} in multiprocess mode, as "
+        f"under gunicorn (by round: {by_round(on_mp, off_mp)}). "
         "Both move by tens of percent from round to round on a shared machine, with what "
         "else runs on its two CPUs, so these medians are indicative only."
     )
