@@ -1,6 +1,6 @@
 """Concurrent creates written together: while one group of creates is being written to the
 store, the creates that arrive wait and are then written as the next group, in one store
-statement and one Redis pipeline. Under load a create then costs a share of a round trip,
+statement and one Redis call. Under load a create then costs a share of a round trip,
 not one; alone it is written at once, as it would be on its own.
 
 A group is done with the store once its links are in it: while the caches hear of them (the
@@ -72,9 +72,7 @@ class CreateGroups:
 
     def _fail_waiting(self, exc: StoreUnavailable) -> None:
         waiting, self._waiting = self._waiting, []
-        for _, _, made in waiting:
-            if not made.done():
-                made.set_exception(exc)
+        _fail(waiting, exc)
 
     async def _write(self, group: list[_Waiting]) -> StoreUnavailable | None:
         """Stores one owner's group, then leaves the caches to hear of it and its creates
@@ -90,9 +88,7 @@ class CreateGroups:
                 made.cancel()
             raise
         except Exception as exc:  # each create of the group answers with it
-            for _, _, made in group:
-                if not made.done():
-                    made.set_exception(exc)
+            _fail(group, exc)
             return exc if isinstance(exc, StoreUnavailable) else None
         publishing = asyncio.create_task(self._publish_and_answer(group, outcomes))
         self._publishing.add(publishing)
@@ -110,9 +106,7 @@ class CreateGroups:
                 made.cancel()
             raise
         except Exception as exc:  # the caches never fail a write, but if they did: say so
-            for _, _, made in group:
-                if not made.done():
-                    made.set_exception(exc)
+            _fail(group, exc)
             return
         for (_, _, made), outcome in zip(group, outcomes, strict=True):
             if made.done():  # its request gave up
@@ -121,3 +115,10 @@ class CreateGroups:
                 made.set_exception(outcome)
             else:
                 made.set_result(outcome)
+
+
+def _fail(waiting: list[_Waiting], exc: BaseException) -> None:
+    """Answers each create still waiting with `exc`."""
+    for _, _, made in waiting:
+        if not made.done():
+            made.set_exception(exc)
