@@ -209,7 +209,9 @@ def section(
         f"{options.connections} keep-alive connections, {options.threads} wrk thread(s), "
         "every request with a desktop Chrome User-Agent and a Referer; each app one process "
         "on a private SQLite file, every redirect answered from L1; CPU is the app process's "
-        f"user and system time per request. Load average (1 min) at start and end: {load}"
+        "user and system time per request. Each round waits for the 1-minute load average "
+        f"to fall under 1.0, and started at {redirect.loads_text(on.runs)}; load average "
+        f"(1 min) at start and end: {load}"
     )
     return "\n\n".join(
         [

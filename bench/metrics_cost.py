@@ -368,7 +368,9 @@ def section(
         f"{options.rounds} interleaved rounds ({', '.join(c.name for c in CASES)}) of "
         f"{options.duration} s, {options.connections} keep-alive connections, "
         f"{options.threads} wrk thread(s); each app one process on a private SQLite file, "
-        "every redirect answered from L1; figures are medians over the rounds"
+        "every redirect answered from L1; figures are medians over the rounds; each round "
+        "waits for the 1-minute load average to fall under 1.0, and started at "
+        f"{redirect.loads_text(results[CASES[0].name].runs)}"
     )
     versions = (
         f"Python {sys.version.split()[0]}, aiohttp {version('aiohttp')}, "
